@@ -1,0 +1,189 @@
+//! One input record (see DESIGN.md, "Input records"): `STARTED`, `SEGMENT`, `ENDED`, or the
+//! seed's minimal form `{"contactId","transcript","isPartial"}` with no `type`.
+
+use serde::Deserialize;
+
+/// Longest record accepted, in bytes; a longer one is refused, not truncated.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// A parsed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A call began.
+    Started {
+        /// Contact id.
+        contact_id: String,
+        /// Connect instance, when given.
+        instance_id: Option<String>,
+        /// When the call began (RFC 3339), when given.
+        timestamp: Option<String>,
+    },
+    /// A transcript segment.
+    Segment(Segment),
+    /// A call ended.
+    Ended {
+        /// Contact id.
+        contact_id: String,
+        /// When the call ended, when given.
+        timestamp: Option<String>,
+    },
+}
+
+impl Record {
+    /// The contact the record belongs to.
+    pub fn contact_id(&self) -> &str {
+        match self {
+            Record::Started { contact_id, .. } | Record::Ended { contact_id, .. } => contact_id,
+            Record::Segment(s) => &s.contact_id,
+        }
+    }
+}
+
+/// A transcript segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Contact id.
+    pub contact_id: String,
+    /// Segment id; `None` in the minimal form (the reader derives one from the position).
+    pub segment_id: Option<String>,
+    /// `CUSTOMER`, `AGENT`, or `None` when unknown.
+    pub participant: Option<String>,
+    /// What was said.
+    pub transcript: String,
+    /// A partial result, superseded by a later final one.
+    pub is_partial: bool,
+    /// Offset of the start in the call, ms.
+    pub begin_offset_millis: Option<u64>,
+    /// Offset of the end in the call, ms.
+    pub end_offset_millis: Option<u64>,
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not a JSON object of the expected shape.
+    #[error("not a valid record: {0}")]
+    Malformed(String),
+    /// A field the record's type requires is missing or empty.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    /// A `type` callpulse does not know.
+    #[error("unknown record type {0:?}")]
+    UnknownType(String),
+    /// Longer than [`MAX_RECORD_BYTES`].
+    #[error("record of {0} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    contact_id: Option<String>,
+    instance_id: Option<String>,
+    timestamp: Option<String>,
+    segment_id: Option<String>,
+    participant: Option<String>,
+    transcript: Option<String>,
+    #[serde(default)]
+    is_partial: bool,
+    begin_offset_millis: Option<u64>,
+    end_offset_millis: Option<u64>,
+}
+
+/// Parses one record.
+pub fn parse(line: &str) -> Result<Record, RecordError> {
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge(line.len()));
+    }
+    let raw: Raw = serde_json::from_str(line).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    let contact_id = raw
+        .contact_id
+        .filter(|c| !c.trim().is_empty())
+        .ok_or(RecordError::MissingField("contactId"))?;
+    let kind = match (raw.kind.as_deref(), &raw.transcript) {
+        (Some(kind), _) => kind.to_ascii_uppercase(),
+        (None, Some(_)) => "SEGMENT".into(),
+        (None, None) => return Err(RecordError::MissingField("type")),
+    };
+    match kind.as_str() {
+        "STARTED" => Ok(Record::Started {
+            contact_id,
+            instance_id: raw.instance_id,
+            timestamp: raw.timestamp,
+        }),
+        "ENDED" => Ok(Record::Ended {
+            contact_id,
+            timestamp: raw.timestamp,
+        }),
+        "SEGMENT" => Ok(Record::Segment(Segment {
+            contact_id,
+            segment_id: raw.segment_id,
+            participant: raw.participant.map(|p| p.to_ascii_uppercase()),
+            transcript: raw
+                .transcript
+                .ok_or(RecordError::MissingField("transcript"))?,
+            is_partial: raw.is_partial,
+            begin_offset_millis: raw.begin_offset_millis,
+            end_offset_millis: raw.end_offset_millis,
+        })),
+        _ => Err(RecordError::UnknownType(kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_kinds_and_the_minimal_form() {
+        let started = parse(r#"{"type":"STARTED","contactId":"c-1","instanceId":"i-1","timestamp":"2026-11-24T09:00:00Z"}"#).unwrap();
+        assert_eq!(started.contact_id(), "c-1");
+        let Record::Segment(s) = parse(r#"{"type":"SEGMENT","contactId":"c-1","segmentId":"s-1","participant":"customer","transcript":"hi","isPartial":false,"beginOffsetMillis":1,"endOffsetMillis":2}"#).unwrap() else { panic!() };
+        assert_eq!(
+            (
+                s.participant.as_deref(),
+                s.segment_id.as_deref(),
+                s.end_offset_millis
+            ),
+            (Some("CUSTOMER"), Some("s-1"), Some(2))
+        );
+        let Record::Segment(m) =
+            parse(r#"{"contactId":"c-1","transcript":"seed form","isPartial":true}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(m.is_partial && m.participant.is_none() && m.segment_id.is_none());
+        assert!(matches!(
+            parse(r#"{"type":"ENDED","contactId":"c-1"}"#),
+            Ok(Record::Ended { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_records_say_why() {
+        assert!(matches!(parse("not json"), Err(RecordError::Malformed(_))));
+        assert_eq!(
+            parse(r#"{"type":"SEGMENT","transcript":"x"}"#),
+            Err(RecordError::MissingField("contactId"))
+        );
+        assert_eq!(
+            parse(r#"{"type":"SEGMENT","contactId":"c"}"#),
+            Err(RecordError::MissingField("transcript"))
+        );
+        assert_eq!(
+            parse(r#"{"type":"HEARTBEAT","contactId":"c"}"#),
+            Err(RecordError::UnknownType("HEARTBEAT".into()))
+        );
+        assert_eq!(
+            parse(r#"{"contactId":"c"}"#),
+            Err(RecordError::MissingField("type"))
+        );
+        let huge = format!(
+            r#"{{"contactId":"c","transcript":"{}"}}"#,
+            "a".repeat(MAX_RECORD_BYTES)
+        );
+        assert!(matches!(parse(&huge), Err(RecordError::TooLarge(_))));
+    }
+}

@@ -1,0 +1,10 @@
+//! callpulse: real-time call analytics for contact centres. Judges the sentiment of every
+//! customer utterance with a small language model, escalates when a customer turns negative,
+//! and summarises every call.
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod eval;
+pub mod ingest;
+pub mod models;
