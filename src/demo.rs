@@ -192,6 +192,17 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// The shipped sample calls: `samples/calls` under the working directory, else under the
+/// source tree the binary was built from.
+pub fn samples_dir() -> PathBuf {
+    let local = PathBuf::from("samples/calls");
+    if local.is_dir() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/calls")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,16 +233,5 @@ mod tests {
         assert_eq!(calls[1].turns, [Turn::new("UNKNOWN", "minimal")]);
         assert_eq!(bad.len(), 1);
         assert!(bad[0].position.ends_with("c.jsonl:5"));
-    }
-}
-
-/// The shipped sample calls: `samples/calls` under the working directory, else under the
-/// source tree the binary was built from.
-pub fn samples_dir() -> PathBuf {
-    let local = PathBuf::from("samples/calls");
-    if local.is_dir() {
-        local
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/calls")
     }
 }

