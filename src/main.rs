@@ -97,6 +97,9 @@ enum EvalTask {
         /// Evaluate at most N rows, taken in turn from each source.
         #[arg(long)]
         limit: Option<usize>,
+        /// Score the lead-N baseline (the first N turns verbatim) instead of the model.
+        #[arg(long, value_name = "N")]
+        lead_baseline: Option<usize>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -228,12 +231,20 @@ async fn run(command: Command, local: LocalConfig) -> anyhow::Result<()> {
             }
         }
         Command::Eval {
-            task: EvalTask::Summary { data, limit, json },
+            task:
+                EvalTask::Summary {
+                    data,
+                    limit,
+                    lead_baseline,
+                    json,
+                },
         } => {
             let rows: Vec<SummaryRow> = read_jsonl(&data)?;
             let rows = take_stratified(rows, limit, |r| &r.source);
-            let model = LocalModel::load(local)?;
-            let report = eval::summary(&model, &rows).await?;
+            let report = match lead_baseline {
+                Some(n) => eval::summary(&eval::LeadTurns(n), &rows).await?,
+                None => eval::summary(&LocalModel::load(local)?, &rows).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::models::{CancellationToken, Label, ModelError, SentimentClassifier, Summariser, Turn};
+use async_trait::async_trait;
+
+use crate::models::{
+    CancellationToken, Label, ModelError, SentimentClassifier, Summariser, Summary, Turn, Usage,
+};
 use data::{SentimentRow, SummaryRow};
 use metrics::{ClassMetrics, classification};
 use rouge::RougeScores;
@@ -94,6 +98,31 @@ pub async fn sentiment(
             .map(|(s, p)| (s.clone(), classification(p)))
             .collect(),
     })
+}
+
+/// The lead-N baseline: a call's first N turns, verbatim, as its summary.
+pub struct LeadTurns(pub usize);
+
+#[async_trait]
+impl Summariser for LeadTurns {
+    async fn summarise(
+        &self,
+        turns: &[Turn],
+        _: &CancellationToken,
+    ) -> Result<Summary, ModelError> {
+        let lead: Vec<&str> = turns.iter().take(self.0).map(|t| t.text.as_str()).collect();
+        Ok(Summary {
+            text: lead.join(" "),
+            reason: String::new(),
+            resolution: String::new(),
+            follow_up: String::new(),
+            customer_sentiment: None,
+            model_id: format!("lead-{}", self.0),
+            prompt_version: 0,
+            chunks: 1,
+            usage: Usage::default(),
+        })
+    }
 }
 
 /// One scored summary.
@@ -204,6 +233,20 @@ pub fn names_novel_entity(summary: &str, turns: &[Turn]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lead_turns_take_the_first_turns_verbatim() {
+        let turns = [
+            Turn::new("A", "one two"),
+            Turn::new("B", "three"),
+            Turn::new("A", "four"),
+        ];
+        let summary = LeadTurns(2)
+            .summarise(&turns, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(summary.text, "one two three");
+    }
 
     #[test]
     fn novel_entities_are_numbers_and_names_not_in_the_dialogue() {
