@@ -55,6 +55,16 @@ impl Prompt {
         self.pieces.push(Piece::Untrusted(text.into()));
         self
     }
+
+    /// Appends turns as `Speaker: text` lines, the text untrusted.
+    pub fn transcript(&mut self, turns: &[Turn]) -> &mut Self {
+        for turn in turns {
+            self.template(format!("{}: ", speaker_name(&turn.participant)))
+                .untrusted(one_line(&turn.text))
+                .template("\n");
+        }
+        self
+    }
 }
 
 /// A chat template rendered around [`USER_PLACEHOLDER`]: what comes before and after the
@@ -108,13 +118,9 @@ pub fn sentiment_prompt(
     let mut prompt = Prompt::default();
     prompt.template(&frame.before);
     if !context.is_empty() {
-        prompt.template("Earlier in the call:\n");
-        for turn in context {
-            prompt
-                .template(format!("{}: ", speaker_name(&turn.participant)))
-                .untrusted(one_line(&turn.text))
-                .template("\n");
-        }
+        prompt
+            .template("Earlier in the call:\n")
+            .transcript(context);
     }
     prompt
         .template(format!(
@@ -187,13 +193,8 @@ pub fn summary_prompt(frame: &ChatFrame, turns: &[Turn], notes: bool) -> Prompt 
     } else {
         "Conversation:\n"
     });
-    for turn in turns {
-        prompt
-            .template(format!("{}: ", speaker_name(&turn.participant)))
-            .untrusted(one_line(&turn.text))
-            .template("\n");
-    }
     prompt
+        .transcript(turns)
         .template(
             "\nSummarise the conversation: why the customer got in touch, what was done, \
              and what happens next.",
