@@ -5,6 +5,10 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::PipelineConfig;
+use crate::actors::attributes::AttributesConfig;
+use crate::actors::gateway::GatewayConfig;
+use crate::events::rules::EscalationRules;
 use crate::models::local::LocalConfig;
 
 /// The built-in defaults.
@@ -16,19 +20,62 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub struct Config {
     /// Model backends.
     pub models: ModelsConfig,
+    /// `[escalation]`: when a call escalates and what is set.
+    pub escalation: EscalationRules,
+    /// `[pipeline]`: idle timeout, backpressure, read models.
+    pub pipeline: PipelineConfig,
+    /// `[gateway]`: model call limits, deadlines, retries.
+    pub gateway: GatewayConfig,
+    /// `[attributes]`: the attribute sink's rate and retries.
+    pub attributes: AttributesConfig,
 }
 
 /// The `[models]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
+    /// Which backend judges and summarises: `local` (the GGUF below) or `stand-in` (a
+    /// fixed-latency stand-in for benchmarks; not a model).
+    pub backend: Backend,
+    /// Latency of the stand-in, ms.
+    pub stand_in_latency_ms: u64,
     /// `[models.local]`: the in-process GGUF backend.
     pub local: LocalConfig,
 }
 
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Local,
+            stand_in_latency_ms: 300,
+            local: LocalConfig::default(),
+        }
+    }
+}
+
+/// The model backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The in-process GGUF model.
+    #[default]
+    Local,
+    /// The fixed-latency stand-in.
+    StandIn,
+}
+
 impl Config {
-    /// The defaults, or `path` on top of them (settings it omits keep their defaults).
+    /// The defaults, then `path` on top of them (settings it omits keep their defaults),
+    /// then `CALLPULSE_<TABLE>__<KEY>` environment variables.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut value: toml::Table = toml::from_str(DEFAULT_TOML).context("built-in config")?;
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
@@ -37,14 +84,41 @@ impl Config {
                 .with_context(|| format!("parsing config {}", path.display()))?;
             merge(&mut value, user);
         }
-        Config::deserialize(toml::Value::Table(value)).with_context(|| {
+        for (name, text) in env {
+            if let Some(overlay) = env_override(&name, &text) {
+                merge(&mut value, overlay);
+            }
+        }
+        let config = Config::deserialize(toml::Value::Table(value)).with_context(|| {
             format!(
                 "invalid config{}",
                 path.map(|p| format!(" {}", p.display()))
                     .unwrap_or_default()
             )
-        })
+        })?;
+        config.escalation.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
+}
+
+/// `CALLPULSE_PIPELINE__IDLE_TIMEOUT_SECS=60` as `{pipeline = {idle_timeout_secs = 60}}`:
+/// path parts separated by `__`, lower-cased; the value read as TOML, else as a string.
+fn env_override(name: &str, text: &str) -> Option<toml::Table> {
+    let path = name.strip_prefix("CALLPULSE_")?;
+    if !path.contains("__") {
+        return None;
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()));
+    let mut parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    let last = parts.pop()?;
+    let mut table = toml::Table::from_iter([(last, value)]);
+    while let Some(part) = parts.pop() {
+        table = toml::Table::from_iter([(part, toml::Value::Table(table))]);
+    }
+    Some(table)
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -65,7 +139,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_match_the_code_defaults() {
         let config = Config::load(None).unwrap();
-        assert_eq!(config.models.local, LocalConfig::default());
+        assert_eq!(config, Config::default());
     }
 
     #[test]
@@ -76,6 +150,22 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.models.local.threads, 1);
         assert_eq!(config.models.local.summary_context_tokens, 4096);
+
+        let env = [
+            (
+                "CALLPULSE_PIPELINE__IDLE_TIMEOUT_SECS".to_string(),
+                "60".to_string(),
+            ),
+            (
+                "CALLPULSE_MODELS__BACKEND".to_string(),
+                "stand-in".to_string(),
+            ),
+            ("CALLPULSE_LOG".to_string(), "debug".to_string()),
+        ];
+        let config = Config::load_with_env(Some(&path), env).unwrap();
+        assert_eq!(config.pipeline.idle_timeout_secs, 60);
+        assert_eq!(config.models.backend, Backend::StandIn);
+        assert_eq!(config.models.local.threads, 1);
 
         std::fs::write(&path, "[models.local]\nthraeds = 1\n").unwrap();
         let err = format!("{:#}", Config::load(Some(&path)).unwrap_err());

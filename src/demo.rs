@@ -1,15 +1,20 @@
-//! `callpulse demo`: the shipped sample calls through the local SLM, shown in the terminal:
-//! every customer utterance with its sentiment, then the call's summary.
+//! `callpulse demo`: the shipped sample calls through the pipeline with the local SLM, shown
+//! in the terminal: each call's transcript with sentiment, its escalations and its summary.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::app::query::{self, Format};
+use crate::app::run::Inputs;
+use crate::app::{self, DataDir};
+use crate::config::Config;
 use crate::ingest::record::{self, Record};
-use crate::models::{CancellationToken, Label, SentimentClassifier, Summariser, Turn};
+use crate::models::Turn;
+use crate::store::ContactFilter;
 
 /// The final transcript of one call, as read from records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,18 +38,7 @@ pub struct BadRecord {
 /// are skipped (a final one supersedes them), re-delivered segments are kept once, and bad
 /// lines are reported without losing the lines around them.
 pub fn read_calls(path: &Path) -> anyhow::Result<(Vec<Call>, Vec<BadRecord>)> {
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_path_buf()]
-    };
+    let files = call_files(path)?;
     let mut calls: Vec<Call> = Vec::new();
     let mut seen = HashSet::new();
     let mut bad = Vec::new();
@@ -103,93 +97,94 @@ fn call_for<'a>(calls: &'a mut Vec<Call>, contact_id: &str) -> &'a mut Call {
     &mut calls[index]
 }
 
-/// Runs the demo over the calls under `path`, writing a readable report to `out`.
-pub async fn run<M: SentimentClassifier + Summariser>(
-    model: &M,
-    path: &Path,
-    context_turns: usize,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let (calls, bad) = read_calls(path)?;
-    let cancel = CancellationToken::new();
-    for call in &calls {
+/// The `*.jsonl` files under `path` (sorted), or `path` itself when it is a file.
+pub fn call_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Runs the calls under `path` through the whole pipeline (event log in a fresh data
+/// directory, the configured model, escalation rules, summaries), then shows each call's
+/// timeline and the records that were refused.
+pub async fn run(config: &Config, path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    // The files arrive all at once, far faster than calls happen; the demo wants every
+    // utterance judged on its own, however long the backlog, rather than live shedding.
+    let mut config = config.clone();
+    config.gateway.sentiment_deadline_ms = 3_600_000;
+    config.gateway.max_coalesced = 1;
+    let config = &config;
+    let root = tempfile::Builder::new()
+        .prefix("callpulse-demo-")
+        .tempdir()?
+        .keep();
+    let data = DataDir::open(&root)?;
+    let backends = app::backends(config)?;
+    eprintln!(
+        "model: {}; event log, summaries and attribute log in {}",
+        backends.sentiment_id,
+        root.display()
+    );
+    let started = Instant::now();
+    let stats = app::run::run(
+        config,
+        &data,
+        backends,
+        Inputs {
+            files: call_files(path)?,
+            listen: None,
+            settle_timeout: Duration::from_secs(1800),
+        },
+    )
+    .await?;
+    let (events, projections) = data.stores()?;
+    let contacts = projections.contacts(&ContactFilter::default()).await?;
+    for contact in &contacts {
         writeln!(
             out,
-            "\n=== {} ({} turns) ===",
-            call.contact_id,
-            call.turns.len()
+            "\n=== {} ({} utterances{}) ===",
+            contact.contact_id,
+            contact.utterances,
+            if contact.escalated { ", ESCALATED" } else { "" }
         )?;
-        let mut previous: Option<Label> = None;
-        for (i, turn) in call.turns.iter().enumerate() {
-            let text = ellipsis(&turn.text, 90);
-            if turn.participant == "AGENT" {
-                writeln!(out, "  {:<9} {text}", "AGENT")?;
-                continue;
-            }
-            let context = &call.turns[i.saturating_sub(context_turns)..i];
-            let started = Instant::now();
-            let judged = model.classify(turn, context, &cancel).await?;
-            let ms = started.elapsed().as_millis();
-            let change = match previous {
-                Some(p) if p != judged.label => format!("  <- turned {}", judged.label),
-                None if judged.label == Label::Negative => "  <- NEGATIVE".into(),
-                _ => String::new(),
-            };
-            previous = Some(judged.label);
+        query::contact(events.as_ref(), &contact.contact_id, Format::Table, out).await?;
+    }
+    writeln!(
+        out,
+        "\n{} calls in {:.1} s: {} records appended, {} duplicates ignored, {} refused, {} bad lines",
+        contacts.len(),
+        started.elapsed().as_secs_f64(),
+        stats.appended,
+        stats.duplicates,
+        stats.refused,
+        stats.rejected
+    )?;
+    let rejected = std::fs::read_to_string(data.reject_log()).unwrap_or_default();
+    for line in rejected.lines() {
+        if let Ok(r) = serde_json::from_str::<serde_json::Value>(line) {
             writeln!(
                 out,
-                "  {:<9} {text}\n  {:<9} {} p={:.2} ({ms} ms){change}",
-                turn.participant,
-                "",
-                judged.label,
-                judged.scores.get(judged.label)
+                "  refused {}:{}: {}",
+                r["position"]["source"].as_str().unwrap_or("?"),
+                r["position"]["line"],
+                r["reason"].as_str().unwrap_or("?")
             )?;
         }
-        let started = Instant::now();
-        match model.summarise(&call.turns, &cancel).await {
-            Ok(summary) => {
-                writeln!(
-                    out,
-                    "  --- summary ({} chunk{}, {:.1} s, {} tokens in, {} out)\n{}",
-                    summary.chunks,
-                    if summary.chunks == 1 { "" } else { "s" },
-                    started.elapsed().as_secs_f64(),
-                    summary.usage.input_tokens,
-                    summary.usage.output_tokens,
-                    indent(&summary.text)
-                )?;
-                if let Some(label) = summary.customer_sentiment {
-                    writeln!(out, "    customer sentiment at the end: {label}")?;
-                }
-            }
-            Err(e) => writeln!(out, "  --- no summary: {e}")?,
-        }
     }
-    if !bad.is_empty() {
-        writeln!(
-            out,
-            "\n{} bad record(s), skipped without losing their neighbours:",
-            bad.len()
-        )?;
-        for b in &bad {
-            writeln!(out, "  {}: {}", b.position, b.reason)?;
-        }
-    }
+    writeln!(
+        out,
+        "\nExplore it: callpulse query contacts --data-dir {}",
+        root.display()
+    )?;
     Ok(())
-}
-
-fn ellipsis(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    format!("{}...", text.chars().take(max).collect::<String>())
-}
-
-fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The shipped sample calls: `samples/calls` under the working directory, else under the

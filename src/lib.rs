@@ -2,9 +2,15 @@
 //! customer utterance with a small language model, escalates when a customer turns negative,
 //! and summarises every call.
 
+pub mod actors;
+pub mod app;
 pub mod bench;
+pub mod bench_pipeline;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod events;
 pub mod ingest;
+pub mod metrics;
 pub mod models;
+pub mod store;

@@ -1,15 +1,23 @@
 //! The `callpulse` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+use callpulse::app::query::{self, Format};
+use callpulse::app::replay::{self, ReplayTarget};
+use callpulse::app::{DataDir, run::Inputs, verify};
 use callpulse::config::Config;
 use callpulse::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
+use callpulse::models::Label;
 use callpulse::models::fetch;
 use callpulse::models::head::is_holdout;
 use callpulse::models::local::{LocalConfig, LocalModel};
+use callpulse::store::ContactFilter;
 use callpulse::{bench, demo, eval};
 
 /// Real-time call analytics: sentiment, escalations and summaries with small language models.
@@ -22,6 +30,9 @@ struct Cli {
     /// GGUF model to run instead of the configured one.
     #[arg(long, global = true, env = "CALLPULSE_MODEL")]
     model: Option<PathBuf>,
+    /// Where the event log, read models, summaries and logs live.
+    #[arg(long, global = true, env = "CALLPULSE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, default_value = "human", value_parser = ["human", "json"])]
     log_format: String,
@@ -36,11 +47,56 @@ enum Command {
         #[command(subcommand)]
         action: ModelAction,
     },
-    /// Run the shipped sample calls through the local SLM and show what it judged.
+    /// Run the pipeline: records from files, stdin and/or HTTP until the input ends or
+    /// SIGTERM, then drain gracefully.
+    Run {
+        /// JSON Lines input file; `-` for stdin; repeatable.
+        #[arg(long = "input", value_name = "FILE|-")]
+        inputs: Vec<PathBuf>,
+        /// Accept records over HTTP (POST /records) at this address.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// After the input ends, wait at most this long for owed model work, seconds.
+        #[arg(long, default_value_t = 600)]
+        settle_timeout: u64,
+    },
+    /// Run the shipped sample calls through the pipeline with the local SLM and show each
+    /// call's sentiment, escalations and summary.
     Demo {
         /// A folder of JSON Lines call files, or one file.
         #[arg(long)]
         calls: Option<PathBuf>,
+    },
+    /// Regenerate summaries as new versions (old versions stay).
+    Replay {
+        /// The contact to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        contact_id: Option<String>,
+        /// Every ended contact.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only contacts started at or after this time (RFC 3339).
+        #[arg(long, requires = "all")]
+        since: Option<DateTime<Utc>>,
+        /// Show what would be written; append nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Audit queries over the read models and the event log.
+    Query {
+        #[command(subcommand)]
+        what: QueryWhat,
+    },
+    /// Check the hash chain of one contact's log, or of every contact (non-zero exit on
+    /// tampering).
+    Verify {
+        /// Only this contact.
+        contact_id: Option<String>,
+    },
+    /// Read models.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
     },
     /// Measure model quality on labelled data (see ../shared/eval/README.md).
     Eval {
@@ -57,6 +113,47 @@ enum Command {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(Subcommand)]
+enum QueryWhat {
+    /// Contacts, oldest first.
+    Contacts {
+        /// Only contacts that escalated.
+        #[arg(long)]
+        escalated: bool,
+        /// Started at or after (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Started before (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// Last smoothed customer sentiment.
+        #[arg(long, value_parser = parse_label)]
+        sentiment: Option<Label>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// One contact's timeline: transcript with sentiment, escalations, attribute updates,
+    /// summary versions.
+    Contact {
+        /// The contact.
+        contact_id: String,
+        /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Drop the read models and rebuild them from the event log.
+    Rebuild,
+}
+
+fn parse_label(text: &str) -> Result<Label, String> {
+    Label::parse(text).ok_or_else(|| format!("{text:?} is not POSITIVE, NEUTRAL or NEGATIVE"))
 }
 
 #[derive(Subcommand)]
@@ -142,6 +239,30 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The whole pipeline under synthetic calls (SQLite log in a temporary directory):
+    /// records/s, utterance-to-sentiment and utterance-to-attribute-update p50/p99, memory
+    /// per open contact, replay events/s.
+    Pipeline {
+        /// What judges: `stand-in` (fixed latency, labels by cue words; not a model) or
+        /// `local` (the configured GGUF). Not `--model`, which names a GGUF file.
+        #[arg(long, default_value = "stand-in", value_parser = ["stand-in", "local"])]
+        backend: String,
+        /// The stand-in's latency per call, ms.
+        #[arg(long, default_value_t = 300)]
+        latency_ms: u64,
+        /// Calls, all open at once.
+        #[arg(long, default_value_t = 1000)]
+        calls: usize,
+        /// Final utterances per call (customer and agent in turn; at least 3).
+        #[arg(long, default_value_t = 8)]
+        utterances: usize,
+        /// Gap between one call's lines, ms; 0 = as fast as the pipeline takes them.
+        #[arg(long, default_value_t = 2000)]
+        pace_ms: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,10 +272,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(model) = cli.model {
         config.models.local.model = Some(model);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(cli.command, config.models.local))
+    let data_dir = cli.data_dir.unwrap_or_else(DataDir::default_root);
+    actix::System::new().block_on(run(cli.command, config, data_dir))
 }
 
 fn init_tracing(format: &str) {
@@ -170,8 +289,113 @@ fn init_tracing(format: &str) {
     }
 }
 
-async fn run(command: Command, local: LocalConfig) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    let local = config.models.local.clone();
     match command {
+        Command::Run {
+            inputs,
+            listen,
+            settle_timeout,
+        } => {
+            let data = DataDir::open(&data_dir)?;
+            let backends = callpulse::app::backends(&config)?;
+            let stats = callpulse::app::run::run(
+                &config,
+                &data,
+                backends,
+                Inputs {
+                    files: inputs,
+                    listen,
+                    settle_timeout: Duration::from_secs(settle_timeout),
+                },
+            )
+            .await?;
+            eprintln!(
+                "appended {} records, {} duplicates, {} refused, {} rejected, {} undeliverable (refusals in {})",
+                stats.appended,
+                stats.duplicates,
+                stats.refused,
+                stats.rejected,
+                stats.undeliverable,
+                data.reject_log().display()
+            );
+        }
+        Command::Replay {
+            contact_id,
+            all: _,
+            since,
+            dry_run,
+        } => {
+            let data = DataDir::open(&data_dir)?;
+            let (events, projections) = data.stores()?;
+            let backends = callpulse::app::backends(&config)?;
+            let target = match contact_id {
+                Some(id) => ReplayTarget::Contact(id),
+                None => ReplayTarget::All { since },
+            };
+            let sink = callpulse::actors::summaries::SummaryFolder::new(data.summaries());
+            let report = replay::replay(
+                events.as_ref(),
+                projections.as_ref(),
+                backends.summariser.as_ref(),
+                std::sync::Arc::new(config.escalation.clone()),
+                &sink,
+                &target,
+                dry_run,
+                &mut std::io::stdout(),
+            )
+            .await?;
+            eprintln!("{report}");
+        }
+        Command::Query { what } => {
+            let data = DataDir::open(&data_dir)?;
+            let (events, projections) = data.stores()?;
+            let mut out = std::io::stdout();
+            match what {
+                QueryWhat::Contacts {
+                    escalated,
+                    since,
+                    until,
+                    sentiment,
+                    format,
+                } => {
+                    callpulse::store::projection::catch_up(
+                        events.as_ref(),
+                        projections.as_ref(),
+                        10_000,
+                    )
+                    .await?;
+                    let filter = ContactFilter {
+                        escalated: escalated.then_some(true),
+                        since,
+                        until,
+                        sentiment,
+                        limit: None,
+                    };
+                    query::contacts(projections.as_ref(), &filter, format, &mut out).await?;
+                }
+                QueryWhat::Contact { contact_id, format } => {
+                    query::contact(events.as_ref(), &contact_id, format, &mut out).await?;
+                }
+            }
+        }
+        Command::Verify { contact_id } => {
+            let data = DataDir::open(&data_dir)?;
+            let (events, _) = data.stores()?;
+            let report = verify::verify(events.as_ref(), contact_id.as_deref()).await?;
+            println!("{report}");
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+        }
+        Command::Projections {
+            action: ProjectionsAction::Rebuild,
+        } => {
+            let data = DataDir::open(&data_dir)?;
+            let (events, projections) = data.stores()?;
+            let n = query::rebuild_projections(events.as_ref(), projections.as_ref()).await?;
+            println!("read models rebuilt from {n} events");
+        }
         Command::Model {
             action: ModelAction::Fetch { force },
         } => {
@@ -185,15 +409,8 @@ async fn run(command: Command, local: LocalConfig) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(model.info())?);
         }
         Command::Demo { calls } => {
-            let context_turns = local.context_turns;
-            let model = LocalModel::load(local)?;
             let path = calls.unwrap_or_else(demo::samples_dir);
-            eprintln!(
-                "model: {} ({} sentiment)",
-                model.info().id,
-                model.info().sentiment_method
-            );
-            demo::run(&model, &path, context_turns, &mut std::io::stdout()).await?;
+            demo::run(&config, &path, &mut std::io::stdout()).await?;
         }
         Command::Eval {
             task:
@@ -322,6 +539,35 @@ async fn run(command: Command, local: LocalConfig) -> anyhow::Result<()> {
                 threads,
             )
             .await?;
+            if json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Pipeline {
+                    backend,
+                    latency_ms,
+                    calls,
+                    utterances,
+                    pace_ms,
+                    json,
+                },
+        } => {
+            use callpulse::bench_pipeline::{BenchModel, PipelineBenchOptions};
+            let model = match backend.as_str() {
+                "local" => BenchModel::Local,
+                _ => BenchModel::StandIn { latency_ms },
+            };
+            let options = PipelineBenchOptions {
+                model,
+                calls,
+                utterances_per_call: utterances,
+                pace_ms: (pace_ms > 0).then_some(pace_ms),
+            };
+            let result = callpulse::bench_pipeline::pipeline(&config, options).await?;
             if json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {

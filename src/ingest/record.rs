@@ -1,7 +1,11 @@
 //! One input record (see DESIGN.md, "Input records"): `STARTED`, `SEGMENT`, `ENDED`, or the
-//! seed's minimal form `{"contactId","transcript","isPartial"}` with no `type`.
+//! seed's minimal form `{"contactId","transcript","isPartial"}` with no `type`; and, through
+//! [`parse_line`], Contact Lens real-time segment records (see [`super::contact_lens`]).
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use super::contact_lens;
 
 /// Longest record accepted, in bytes; a longer one is refused, not truncated.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
@@ -17,6 +21,12 @@ pub enum Record {
         instance_id: Option<String>,
         /// When the call began (RFC 3339), when given.
         timestamp: Option<String>,
+        /// `VOICE`, `CHAT` or `TASK`, when given.
+        channel: Option<String>,
+        /// Kinesis Video Streams ARN of the call's live media stream, when given.
+        media_stream_arn: Option<String>,
+        /// First KVS fragment of the call's audio (a decimal string too long for `u64`).
+        start_fragment_number: Option<String>,
     },
     /// A transcript segment.
     Segment(Segment),
@@ -71,8 +81,11 @@ pub enum RecordError {
     #[error("unknown record type {0:?}")]
     UnknownType(String),
     /// Longer than [`MAX_RECORD_BYTES`].
-    #[error("record of {0} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
-    TooLarge(usize),
+    #[error("record of more than {MAX_RECORD_BYTES} bytes")]
+    TooLarge,
+    /// Not valid UTF-8.
+    #[error("record is not valid UTF-8")]
+    InvalidUtf8,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +96,9 @@ struct Raw {
     contact_id: Option<String>,
     instance_id: Option<String>,
     timestamp: Option<String>,
+    channel: Option<String>,
+    media_stream_arn: Option<String>,
+    start_fragment_number: Option<String>,
     segment_id: Option<String>,
     participant: Option<String>,
     transcript: Option<String>,
@@ -92,16 +108,46 @@ struct Raw {
     end_offset_millis: Option<u64>,
 }
 
-/// Parses one record.
-pub fn parse(line: &str) -> Result<Record, RecordError> {
-    if line.len() > MAX_RECORD_BYTES {
-        return Err(RecordError::TooLarge(line.len()));
+/// Parses one line of input: a callpulse record gives one [`Record`], a Contact Lens record
+/// (recognised by its `EventType` or `ContactId` key) zero or more.
+pub fn parse_line(line: &str) -> Result<Vec<Record>, RecordError> {
+    let value = to_json(line)?;
+    if contact_lens::is_contact_lens(&value) {
+        contact_lens::records(value)
+    } else {
+        from_json(value).map(|record| vec![record])
     }
-    let raw: Raw = serde_json::from_str(line).map_err(|e| RecordError::Malformed(e.to_string()))?;
-    let contact_id = raw
-        .contact_id
-        .filter(|c| !c.trim().is_empty())
-        .ok_or(RecordError::MissingField("contactId"))?;
+}
+
+/// Parses one record in callpulse's own format (Contact Lens records are refused: use
+/// [`parse_line`] where they may occur).
+pub fn parse(line: &str) -> Result<Record, RecordError> {
+    from_json(to_json(line)?)
+}
+
+/// Refuses lines over [`MAX_RECORD_BYTES`] and reads the JSON.
+fn to_json(line: &str) -> Result<Value, RecordError> {
+    if line.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge);
+    }
+    serde_json::from_str(line).map_err(malformed)
+}
+
+/// A serde error as [`RecordError::Malformed`].
+pub(super) fn malformed(e: serde_json::Error) -> RecordError {
+    RecordError::Malformed(e.to_string())
+}
+
+/// A required text field, refused when absent or blank.
+pub(super) fn required(field: Option<String>, name: &'static str) -> Result<String, RecordError> {
+    field
+        .filter(|f| !f.trim().is_empty())
+        .ok_or(RecordError::MissingField(name))
+}
+
+fn from_json(value: Value) -> Result<Record, RecordError> {
+    let raw: Raw = serde_json::from_value(value).map_err(malformed)?;
+    let contact_id = required(raw.contact_id, "contactId")?;
     let kind = match (raw.kind.as_deref(), &raw.transcript) {
         (Some(kind), _) => kind.to_ascii_uppercase(),
         (None, Some(_)) => "SEGMENT".into(),
@@ -112,6 +158,9 @@ pub fn parse(line: &str) -> Result<Record, RecordError> {
             contact_id,
             instance_id: raw.instance_id,
             timestamp: raw.timestamp,
+            channel: raw.channel,
+            media_stream_arn: raw.media_stream_arn,
+            start_fragment_number: raw.start_fragment_number,
         }),
         "ENDED" => Ok(Record::Ended {
             contact_id,
@@ -162,6 +211,25 @@ mod tests {
     }
 
     #[test]
+    fn started_carries_channel_and_media_stream() {
+        let line = r#"{"type":"STARTED","contactId":"c-1","channel":"VOICE","mediaStreamArn":"arn:aws:kinesisvideo:eu-west-2:1:stream/s/1","startFragmentNumber":"91343852333181432392682062607743920146264440655"}"#;
+        assert_eq!(
+            parse_line(line).unwrap(),
+            vec![Record::Started {
+                contact_id: "c-1".into(),
+                instance_id: None,
+                timestamp: None,
+                channel: Some("VOICE".into()),
+                media_stream_arn: Some("arn:aws:kinesisvideo:eu-west-2:1:stream/s/1".into()),
+                start_fragment_number: Some(
+                    "91343852333181432392682062607743920146264440655".into()
+                ),
+            }]
+        );
+        assert_eq!(parse_line(line).unwrap(), vec![parse(line).unwrap()]);
+    }
+
+    #[test]
     fn bad_records_say_why() {
         assert!(matches!(parse("not json"), Err(RecordError::Malformed(_))));
         assert_eq!(
@@ -184,6 +252,12 @@ mod tests {
             r#"{{"contactId":"c","transcript":"{}"}}"#,
             "a".repeat(MAX_RECORD_BYTES)
         );
-        assert!(matches!(parse(&huge), Err(RecordError::TooLarge(_))));
+        assert_eq!(parse(&huge), Err(RecordError::TooLarge));
+        assert_eq!(parse_line(&huge), Err(RecordError::TooLarge));
+        assert!(matches!(parse_line("[1]"), Err(RecordError::Malformed(_))));
+        assert_eq!(
+            parse_line(r#"{"type":"ENDED","contactId":"  "}"#),
+            Err(RecordError::MissingField("contactId"))
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod head;
 pub mod local;
 pub mod prompts;
+pub mod standin;
 pub mod summary;
 
 use std::fmt;
@@ -207,6 +208,14 @@ pub enum ModelError {
     /// The engine's worker is gone (it panicked or was shut down).
     #[error("model engine stopped")]
     EngineStopped,
+}
+
+impl ModelError {
+    /// Whether trying again later may succeed (the engine hiccuped or is overloaded), as
+    /// opposed to a wrong setup or an answer that will not change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ModelError::Inference(_))
+    }
 }
 
 /// Judges the sentiment of single utterances.

@@ -1,0 +1,504 @@
+//! ContactActor: one per live call, under `actix::Supervisor`. A thin shell around the pure
+//! [`Contact`] aggregate: load the log, decide, append, apply, then dispatch whatever work is
+//! due and not already in flight. Every handler that appends runs atomically (nothing else
+//! is handled between the append and the apply). A restart rebuilds the state from the log
+//! and re-dispatches only what the log says is still owed, so no effect is duplicated.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use super::Services;
+use super::attributes::{AttributeOutcome, SetAttributes};
+use super::gateway::{JudgeUtterance, ModelOutcome, WriteSummary};
+use super::router::Passivate;
+use crate::events::contact::{Command, Contact, Due};
+use crate::events::{
+    ContactEnded, ContactStarted, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
+};
+use crate::ingest::record::Record;
+use crate::metrics::metrics;
+use crate::store::{Appended, SeqRange, StoreError};
+
+/// A record for this contact, with its idempotency key.
+#[derive(Message)]
+#[rtype(result = "Result<InputOutcome, InputError>")]
+pub struct ContactInput {
+    /// The record.
+    pub record: Record,
+    /// Its source id (see `ingest::source::Incoming`).
+    pub source_id: String,
+}
+
+/// What became of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputOutcome {
+    /// Appended as this many events.
+    Appended(usize),
+    /// Already in the log (re-delivery): nothing appended.
+    Duplicate,
+    /// Refused by the contact's rules, with the reason (e.g. a segment after the end).
+    Refused(String),
+}
+
+/// A record could not be made durable; the sender should retry it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// Stop now (sent by the router once it has forgotten this contact).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Whether the contact still owes work (due or in flight).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsBusy;
+
+/// What is dispatched and awaited.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum InFlight {
+    Sentiment(String),
+    Attributes(u64),
+    Summary(u32),
+    /// Writing a summary version to the summary sink.
+    SavingSummary(u32),
+}
+
+/// The actor of one contact.
+pub struct ContactActor {
+    id: String,
+    services: Arc<Services>,
+    contact: Option<Contact>,
+    in_flight: HashSet<InFlight>,
+    last_input: Instant,
+}
+
+impl ContactActor {
+    /// An actor for contact `id`; it loads its log when started.
+    pub fn new(id: String, services: Arc<Services>) -> Self {
+        Self {
+            id,
+            services,
+            contact: None,
+            in_flight: HashSet::new(),
+            last_input: Instant::now(),
+        }
+    }
+
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let (store, id, rules) = (
+            self.services.store.clone(),
+            self.id.clone(),
+            self.services.rules.clone(),
+        );
+        let fut = async move {
+            let events = store
+                .read(&id, SeqRange::all())
+                .await
+                .map_err(|e| e.to_string())?;
+            Contact::load(id, rules, &events)
+        };
+        ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| match loaded {
+            Ok(contact) => {
+                act.contact = Some(contact);
+                act.resave_latest_summary(ctx);
+                act.reconcile(ctx);
+            }
+            Err(error) => {
+                tracing::error!(contact = %act.id, %error, "cannot load the contact's log; retrying in 1 s");
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.load(ctx));
+            }
+        }));
+    }
+
+    /// Seals `events`, appends them, applies them, dispatches due work. Runs atomically.
+    fn persist(
+        &mut self,
+        events: Vec<Event>,
+        source_id: Option<String>,
+    ) -> impl ActorFuture<Self, Output = Result<InputOutcome, InputError>> + use<> {
+        let contact = self
+            .contact
+            .as_ref()
+            .expect("loaded before any handler runs");
+        let mut head = contact.head.clone();
+        let now = Utc::now();
+        let stored: Vec<StoredEvent> = events
+            .iter()
+            .map(|e| head.seal(&self.id, source_id.as_deref(), e, now))
+            .collect();
+        let store = self.services.store.clone();
+        let to_store = stored.clone();
+        async move {
+            let started = Instant::now();
+            let result = store.append(&to_store).await;
+            metrics().appends.inc();
+            metrics()
+                .append_batch_duration
+                .observe(started.elapsed().as_secs_f64());
+            result
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| match result {
+            Ok(Appended::Written { .. }) => {
+                metrics().events_appended.inc_by(stored.len() as u64);
+                let contact = act.contact.as_mut().expect("loaded");
+                for (s, e) in stored.iter().zip(&events) {
+                    contact.apply(s, e);
+                }
+                act.after_apply(&events, ctx);
+                Ok(InputOutcome::Appended(stored.len()))
+            }
+            Ok(Appended::Duplicate { last_seq, .. }) => {
+                if act.contact.as_ref().is_some_and(|c| c.head.seq < last_seq) {
+                    // Someone else wrote this contact: start over from the log.
+                    ctx.stop();
+                }
+                Ok(InputOutcome::Duplicate)
+            }
+            Err(e @ StoreError::Conflict { .. }) => {
+                tracing::warn!(contact = %act.id, error = %e, "append conflict; reloading");
+                ctx.stop();
+                Err(InputError(e.to_string()))
+            }
+            Err(e @ StoreError::TooLarge { .. }) | Err(e @ StoreError::InvalidBatch(_)) => {
+                Ok(InputOutcome::Refused(e.to_string()))
+            }
+            Err(e) => Err(InputError(e.to_string())),
+        })
+    }
+
+    fn after_apply(&mut self, events: &[Event], ctx: &mut Context<Self>) {
+        for event in events {
+            match event {
+                Event::EscalationRaised(e) => {
+                    metrics().escalations.inc();
+                    tracing::info!(contact = %self.id, rule = %e.rule, "escalation raised");
+                }
+                Event::SummaryGenerated(s) => {
+                    metrics().summaries.with_label_values(&["ok"]).inc();
+                    self.save_summary(s.clone(), false, ctx);
+                }
+                Event::SummaryFailed(_) => metrics().summaries.with_label_values(&["failed"]).inc(),
+                _ => {}
+            }
+        }
+        self.reconcile(ctx);
+    }
+
+    /// Writes a summary to the sink (only if it is not there yet, when `only_missing`); the
+    /// contact is not passivated while this runs.
+    fn save_summary(
+        &mut self,
+        summary: crate::events::SummaryGenerated,
+        only_missing: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let key = InFlight::SavingSummary(summary.version);
+        if !self.in_flight.insert(key.clone()) {
+            return;
+        }
+        let sink = self.services.summaries.clone();
+        let id = self.id.clone();
+        let save = async move {
+            if only_missing && sink.has(&id, summary.version).await {
+                return;
+            }
+            if let Err(error) = sink.save(&id, &summary).await {
+                tracing::error!(contact = %id, %error, "saving the summary failed; it stays in the log, `replay` regenerates it");
+            }
+        };
+        ctx.spawn(save.into_actor(self).map(move |(), act, ctx| {
+            act.in_flight.remove(&key);
+            act.reconcile(ctx);
+        }));
+    }
+
+    /// After a restart: the latest summary is in the log, but was it saved?
+    fn resave_latest_summary(&mut self, ctx: &mut Context<Self>) {
+        if let Some(summary) = self.contact.as_ref().and_then(|c| c.latest_summary.clone()) {
+            self.save_summary(summary, true, ctx);
+        }
+    }
+
+    /// Dispatches due work that is not in flight; passivates a finished contact.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let Some(contact) = self.contact.as_ref() else {
+            return;
+        };
+        let due = contact.due();
+        for work in &due {
+            match work {
+                Due::Sentiment {
+                    segment_id,
+                    participant,
+                    text,
+                } => {
+                    if self
+                        .in_flight
+                        .insert(InFlight::Sentiment(segment_id.clone()))
+                    {
+                        self.services.gateway.do_send(JudgeUtterance {
+                            contact_id: self.id.clone(),
+                            segment_id: segment_id.clone(),
+                            participant: *participant,
+                            text: text.clone(),
+                            context: context_before(
+                                contact,
+                                segment_id,
+                                self.services.context_turns,
+                            ),
+                            reply: ctx.address().recipient(),
+                        });
+                    }
+                }
+                Due::Attributes {
+                    for_seq,
+                    attributes,
+                } => {
+                    if self.in_flight.insert(InFlight::Attributes(*for_seq)) {
+                        self.services.attributes.do_send(SetAttributes {
+                            contact_id: self.id.clone(),
+                            for_seq: *for_seq,
+                            attributes: attributes.clone(),
+                            reply: ctx.address().recipient(),
+                        });
+                    }
+                }
+                Due::Summary { version } => {
+                    if self.in_flight.insert(InFlight::Summary(*version)) {
+                        self.services.gateway.do_send(WriteSummary {
+                            contact_id: self.id.clone(),
+                            version: *version,
+                            turns: contact.turns(),
+                            reply: ctx.address().recipient(),
+                        });
+                    }
+                }
+            }
+        }
+        if contact.ended.is_some() && due.is_empty() && self.in_flight.is_empty() {
+            self.services.router.do_send(Passivate {
+                contact_id: self.id.clone(),
+            });
+        }
+    }
+
+    /// Appends what an outcome means, atomically; a refused one is only logged.
+    fn handle_outcome(&mut self, command: Command, ctx: &mut Context<Self>) {
+        let Some(contact) = self.contact.as_ref() else {
+            return;
+        };
+        match contact.decide(command, Utc::now()) {
+            Ok(events) if events.is_empty() => {}
+            Ok(events) => {
+                let fut = self.persist(events, None).map(|result, act, ctx| {
+                    if let Err(error) = result {
+                        // The outcome is lost, the work is still owed: redo it after a pause.
+                        tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; redoing the work");
+                        act.in_flight.clear();
+                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                    }
+                });
+                ctx.wait(fut);
+            }
+            Err(refusal) => tracing::debug!(contact = %self.id, %refusal, "outcome ignored"),
+        }
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let Some(contact) = self.contact.as_ref() else {
+            return;
+        };
+        if contact.ended.is_some() || self.last_input.elapsed() < self.services.idle_timeout {
+            return;
+        }
+        let command = Command::End(ContactEnded {
+            ended_at: Utc::now(),
+            reason: EndReason::IdleTimeout,
+        });
+        if let Ok(events) = contact.decide(command, Utc::now()) {
+            tracing::info!(contact = %self.id, "idle timeout: ending the contact");
+            let fut = self
+                .persist(events, Some("idle-timeout".into()))
+                .map(|_, _, _| ());
+            ctx.wait(fut);
+        }
+    }
+}
+
+/// Up to `n` turns spoken before `segment_id`.
+fn context_before(contact: &Contact, segment_id: &str, n: usize) -> Vec<crate::models::Turn> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let index = contact
+        .spoken
+        .iter()
+        .position(|s| s.segment_id == segment_id)
+        .unwrap_or(contact.spoken.len());
+    contact.spoken[index.saturating_sub(n)..index]
+        .iter()
+        .map(|s| crate::models::Turn::new(s.participant.as_str(), s.text.clone()))
+        .collect()
+}
+
+/// RFC 3339 time of a record, or now when absent or unreadable.
+fn time_or_now(timestamp: Option<&str>) -> DateTime<Utc> {
+    timestamp
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(Utc::now, |t| t.with_timezone(&Utc))
+}
+
+/// The command a record stands for.
+fn command_for(record: Record) -> Command {
+    match record {
+        Record::Started {
+            instance_id,
+            timestamp,
+            channel,
+            media_stream_arn,
+            start_fragment_number,
+            ..
+        } => Command::Start(ContactStarted {
+            instance_id,
+            channel,
+            started_at: time_or_now(timestamp.as_deref()),
+            media_stream_arn,
+            start_fragment_number,
+            implicit: false,
+        }),
+        Record::Segment(s) => Command::Utterance {
+            utterance: UtteranceReceived {
+                segment_id: s.segment_id.unwrap_or_default(),
+                participant: Participant::parse(s.participant.as_deref()),
+                text: s.transcript,
+                begin_offset_millis: s.begin_offset_millis,
+                end_offset_millis: s.end_offset_millis,
+            },
+            at: Utc::now(),
+        },
+        Record::Ended { timestamp, .. } => Command::End(ContactEnded {
+            ended_at: time_or_now(timestamp.as_deref()),
+            reason: EndReason::Ended,
+        }),
+    }
+}
+
+impl Actor for ContactActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics().open_contacts.inc();
+        self.load(ctx);
+        let every = (self.services.idle_timeout / 4).max(Duration::from_millis(50));
+        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        metrics().open_contacts.dec();
+    }
+}
+
+impl Supervised for ContactActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::info!(contact = %self.id, "restarting from the log");
+        self.contact = None;
+        self.in_flight.clear();
+    }
+}
+
+impl Handler<ContactInput> for ContactActor {
+    type Result = AtomicResponse<Self, Result<InputOutcome, InputError>>;
+
+    fn handle(&mut self, input: ContactInput, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_input = Instant::now();
+        let Some(contact) = self.contact.as_ref() else {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(InputError(
+                "contact log not loaded yet (store unavailable?)".into(),
+            )))));
+        };
+        match contact.decide(command_for(input.record), Utc::now()) {
+            Ok(events) if events.is_empty() => {
+                AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Duplicate))))
+            }
+            Ok(events) => {
+                AtomicResponse::new(Box::pin(self.persist(events, Some(input.source_id))))
+            }
+            Err(refusal) => AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Refused(
+                refusal.to_string(),
+            ))))),
+        }
+    }
+}
+
+impl Handler<ModelOutcome> for ContactActor {
+    type Result = ();
+
+    fn handle(&mut self, outcome: ModelOutcome, ctx: &mut Context<Self>) {
+        let command = match outcome {
+            ModelOutcome::Judged(j) => {
+                self.in_flight
+                    .remove(&InFlight::Sentiment(j.segment_id.clone()));
+                for covered in &j.coalesced {
+                    self.in_flight.remove(&InFlight::Sentiment(covered.clone()));
+                }
+                Command::Judged(j)
+            }
+            ModelOutcome::Skipped(s) => {
+                for segment in &s.segment_ids {
+                    self.in_flight.remove(&InFlight::Sentiment(segment.clone()));
+                }
+                Command::Skipped(s)
+            }
+            ModelOutcome::Summarised(s) => {
+                self.in_flight.remove(&InFlight::Summary(s.version));
+                Command::Summarised(s)
+            }
+            ModelOutcome::SummaryFailed(f) => {
+                self.in_flight.remove(&InFlight::Summary(f.version));
+                Command::SummaryFailed(f)
+            }
+        };
+        self.handle_outcome(command, ctx);
+    }
+}
+
+impl Handler<AttributeOutcome> for ContactActor {
+    type Result = ();
+
+    fn handle(&mut self, outcome: AttributeOutcome, ctx: &mut Context<Self>) {
+        let command = match outcome {
+            AttributeOutcome::Updated(u) => {
+                self.in_flight.remove(&InFlight::Attributes(u.for_seq));
+                Command::AttributesSet(u)
+            }
+            AttributeOutcome::Failed(f) => {
+                self.in_flight.remove(&InFlight::Attributes(f.for_seq));
+                Command::AttributesFailed(f)
+            }
+        };
+        self.handle_outcome(command, ctx);
+    }
+}
+
+impl Handler<Stop> for ContactActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<IsBusy> for ContactActor {
+    type Result = bool;
+
+    fn handle(&mut self, _: IsBusy, _: &mut Context<Self>) -> bool {
+        !self.in_flight.is_empty() || self.contact.as_ref().is_none_or(|c| !c.due().is_empty())
+    }
+}

@@ -1,0 +1,116 @@
+//! The loop between the sources and the router: keeps at most `max_in_flight` records
+//! between reading and durable, so a saturated pipeline slows its sources down; retries a
+//! record the store could not take; sends every refused or undeliverable record to the
+//! reject log with its position and reason, so nothing is lost silently.
+
+use std::time::Duration;
+
+use actix::Addr;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+
+use super::contact::InputOutcome;
+use super::router::{ContactRouter, Route};
+use crate::ingest::source::{Incoming, Ingested, RAW_BYTES, RejectLog, Rejected};
+use crate::metrics::metrics;
+
+/// Tries per record before it goes to the reject log as undeliverable.
+const ATTEMPTS: u32 = 8;
+
+/// What a feed did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// Records appended to the log.
+    pub appended: u64,
+    /// Records already in the log (re-delivery).
+    pub duplicates: u64,
+    /// Records refused by a contact's rules (in the reject log).
+    pub refused: u64,
+    /// Lines refused by the parser (in the reject log).
+    pub rejected: u64,
+    /// Records the store could not take after every retry (in the reject log).
+    pub undeliverable: u64,
+}
+
+/// Hands one record over, retrying while the store cannot take it.
+async fn deliver(
+    router: Addr<ContactRouter>,
+    incoming: Incoming,
+) -> (Incoming, Result<InputOutcome, String>) {
+    let mut error = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            let ms = 100u64 << attempt.min(6);
+            tokio::time::sleep(Duration::from_millis(
+                ms / 2 + rand::random_range(0..=ms / 2),
+            ))
+            .await;
+        }
+        match router.send(Route(incoming.clone())).await {
+            Ok(Ok(outcome)) => return (incoming, Ok(outcome)),
+            Ok(Err(e)) => error = e.0,
+            Err(e) => error = format!("router unavailable: {e}"),
+        }
+        tracing::warn!(position = %incoming.position, %error, attempt, "record not yet durable; retrying");
+    }
+    (incoming, Err(error))
+}
+
+fn reject(log: &RejectLog, rejected: Rejected) {
+    metrics().records_rejected.inc();
+    tracing::warn!(position = %rejected.position, reason = %rejected.reason, "record refused");
+    if let Err(e) = log.record(&rejected) {
+        tracing::error!(error = %e, position = %rejected.position, "could not write the reject log");
+    }
+}
+
+fn raw_of(incoming: &Incoming) -> String {
+    let mut raw = format!("{:?}", incoming.record);
+    raw.truncate(raw.floor_char_boundary(RAW_BYTES));
+    raw
+}
+
+/// Feeds everything from `input` to the router until the channel closes and every record
+/// is settled.
+pub async fn feed(
+    router: Addr<ContactRouter>,
+    mut input: mpsc::Receiver<Ingested>,
+    rejects: &RejectLog,
+    max_in_flight: usize,
+) -> FeedStats {
+    let mut stats = FeedStats::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            item = input.recv(), if open && in_flight.len() < max_in_flight => match item {
+                Some(Ingested::Record(incoming)) => {
+                    in_flight.push(deliver(router.clone(), incoming));
+                }
+                Some(Ingested::Rejected(rejected)) => {
+                    stats.rejected += 1;
+                    reject(rejects, rejected);
+                }
+                None => open = false,
+            },
+            Some((incoming, fate)) = in_flight.next() => match fate {
+                Ok(InputOutcome::Appended(_)) => stats.appended += 1,
+                Ok(InputOutcome::Duplicate) => stats.duplicates += 1,
+                Ok(InputOutcome::Refused(reason)) => {
+                    stats.refused += 1;
+                    reject(rejects, Rejected { raw: raw_of(&incoming), position: incoming.position, reason });
+                }
+                Err(error) => {
+                    stats.undeliverable += 1;
+                    reject(rejects, Rejected {
+                        raw: raw_of(&incoming),
+                        position: incoming.position,
+                        reason: format!("not durable after {ATTEMPTS} tries: {error}"),
+                    });
+                }
+            },
+        }
+    }
+    stats
+}

@@ -1,0 +1,593 @@
+//! ModelGateway: owns every model call. Per-model limits (requests/s, tokens/min,
+//! concurrency), live sentiment before summaries, coalescing of a contact's queued sentiment
+//! requests (a new utterance joins the contact's request still waiting, for the same speaker
+//! and up to `max_coalesced` utterances, so an overloaded model catches up instead of falling
+//! further behind), deadlines, and retries with jittered backoff. Late sentiment is skipped and
+//! reported; summaries are never dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::app::replay::summary_event;
+use crate::events::{
+    ModelCallSkipped, ModelTask, Participant, SentimentAssessed, SummaryFailed, SummaryGenerated,
+};
+use crate::metrics::metrics;
+use crate::models::{CancellationToken, ModelError, SentimentClassifier, Summariser, Turn, Usage};
+
+/// Limits for one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelLimits {
+    /// Calls per second (0 = no limit).
+    pub requests_per_second: u32,
+    /// Input + output tokens per minute, estimated before each call (0 = no limit).
+    pub tokens_per_minute: u32,
+    /// Calls running at once.
+    pub concurrency: usize,
+}
+
+impl Default for ModelLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 0,
+            tokens_per_minute: 0,
+            concurrency: 1,
+        }
+    }
+}
+
+/// The `[gateway]` config table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// A sentiment request not started within this many ms of its newest utterance is
+    /// skipped (and recorded as skipped).
+    pub sentiment_deadline_ms: u64,
+    /// Most queued sentiment requests; beyond it the oldest is skipped.
+    pub max_queued_sentiment: usize,
+    /// Most utterances of one speaker judged together when a contact's requests queue up
+    /// (1 = never merge: every utterance gets its own call, however late).
+    pub max_coalesced: usize,
+    /// Tries per sentiment call on transient errors.
+    pub sentiment_attempts: u32,
+    /// First retry delay, ms (doubled per try, with jitter).
+    pub retry_base_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+    /// Limits for any model not listed in `models`.
+    pub limits: ModelLimits,
+    /// Limits per model id.
+    pub models: HashMap<String, ModelLimits>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            sentiment_deadline_ms: 5_000,
+            max_queued_sentiment: 100_000,
+            max_coalesced: 4,
+            sentiment_attempts: 3,
+            retry_base_ms: 200,
+            retry_max_ms: 30_000,
+            limits: ModelLimits::default(),
+            models: HashMap::new(),
+        }
+    }
+}
+
+/// The models the gateway calls, with the ids their limits are keyed by. The same id for
+/// both means one engine: they share its concurrency and rate limits.
+#[derive(Clone)]
+pub struct Backends {
+    /// Judges utterances.
+    pub sentiment: Arc<dyn SentimentClassifier>,
+    /// Its id.
+    pub sentiment_id: String,
+    /// Writes summaries.
+    pub summariser: Arc<dyn Summariser>,
+    /// Its id.
+    pub summary_id: String,
+}
+
+/// What the gateway sends back to a contact.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum ModelOutcome {
+    /// An utterance (or several, coalesced) was judged.
+    Judged(SentimentAssessed),
+    /// A sentiment call was given up.
+    Skipped(ModelCallSkipped),
+    /// A summary was written.
+    Summarised(SummaryGenerated),
+    /// A summary attempt produced nothing usable.
+    SummaryFailed(SummaryFailed),
+}
+
+/// Judge one utterance of a contact.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JudgeUtterance {
+    /// The contact.
+    pub contact_id: String,
+    /// The utterance.
+    pub segment_id: String,
+    /// Who spoke.
+    pub participant: Participant,
+    /// What was said.
+    pub text: String,
+    /// Earlier turns shown as context.
+    pub context: Vec<Turn>,
+    /// Where the outcome goes.
+    pub reply: Recipient<ModelOutcome>,
+}
+
+/// Write summary `version` of a contact.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteSummary {
+    /// The contact.
+    pub contact_id: String,
+    /// The version to write.
+    pub version: u32,
+    /// The whole call.
+    pub turns: Vec<Turn>,
+    /// Where the outcome goes.
+    pub reply: Recipient<ModelOutcome>,
+}
+
+/// How many requests wait, per task (for metrics and tests).
+#[derive(Message)]
+#[rtype(result = "QueueDepth")]
+pub struct GetQueueDepth;
+
+/// Queued and running requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub struct QueueDepth {
+    /// Sentiment requests waiting.
+    pub sentiment_queued: usize,
+    /// Summary requests waiting.
+    pub summaries_queued: usize,
+    /// Calls running.
+    pub running: usize,
+}
+
+struct SentimentJob {
+    request: JudgeUtterance,
+    coalesced: Vec<String>,
+    enqueued: Instant,
+    newest: Instant,
+    attempts: u32,
+}
+
+struct SummaryJob {
+    request: WriteSummary,
+    attempts: u32,
+}
+
+/// Waiting sentiment jobs: first come, first served across contacts; a contact's new
+/// utterance joins its last waiting job when the speaker is the same and there is room.
+#[derive(Default)]
+struct SentimentQueue {
+    order: VecDeque<String>,
+    jobs: HashMap<String, VecDeque<SentimentJob>>,
+    len: usize,
+}
+
+impl SentimentQueue {
+    /// Queues a request (or merges it); returns the oldest job if the queue overflowed.
+    fn push(
+        &mut self,
+        request: JudgeUtterance,
+        max_coalesced: usize,
+        max_len: usize,
+    ) -> Option<SentimentJob> {
+        let now = Instant::now();
+        let contact = request.contact_id.clone();
+        if let Some(last) = self.jobs.get_mut(&contact).and_then(|q| q.back_mut())
+            && last.request.participant == request.participant
+            && last.coalesced.len() + 1 < max_coalesced
+        {
+            let older = std::mem::replace(&mut last.request, request);
+            last.coalesced.push(older.segment_id);
+            last.request.text = format!("{}\n{}", older.text, last.request.text);
+            last.newest = now;
+            return None;
+        }
+        let overflow = if self.len >= max_len {
+            self.pop_front()
+        } else {
+            None
+        };
+        self.push_job(
+            SentimentJob {
+                request,
+                coalesced: Vec::new(),
+                enqueued: now,
+                newest: now,
+                attempts: 0,
+            },
+            false,
+        );
+        overflow
+    }
+
+    fn push_job(&mut self, job: SentimentJob, front: bool) {
+        let contact = job.request.contact_id.clone();
+        let queue = self.jobs.entry(contact.clone()).or_default();
+        if front {
+            queue.push_front(job);
+            self.order.push_front(contact);
+        } else {
+            queue.push_back(job);
+            self.order.push_back(contact);
+        }
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&SentimentJob> {
+        let contact = self.order.front()?;
+        self.jobs.get(contact)?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<SentimentJob> {
+        let contact = self.order.pop_front()?;
+        let queue = self.jobs.get_mut(&contact)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.jobs.remove(&contact);
+        }
+        self.len -= 1;
+        job
+    }
+}
+
+/// One model's limits and current use.
+struct Lane {
+    limits: ModelLimits,
+    running: usize,
+    requests: Option<DefaultDirectRateLimiter>,
+    tokens: Option<DefaultDirectRateLimiter>,
+}
+
+impl Lane {
+    fn new(limits: ModelLimits) -> Self {
+        let requests = NonZeroU32::new(limits.requests_per_second)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let tokens = NonZeroU32::new(limits.tokens_per_minute)
+            .map(|n| RateLimiter::direct(Quota::per_minute(n)));
+        Self {
+            limits,
+            running: 0,
+            requests,
+            tokens,
+        }
+    }
+
+    /// Takes a slot for a call of about `tokens` tokens, or says how long to wait.
+    fn admit(&mut self, tokens: u32) -> Result<(), Option<Duration>> {
+        if self.running >= self.limits.concurrency.max(1) {
+            return Err(None);
+        }
+        let now = DefaultClock::default().now();
+        if let Some(limiter) = &self.requests
+            && let Err(not_until) = limiter.check()
+        {
+            return Err(Some(not_until.wait_time_from(now)));
+        }
+        if let Some(limiter) = &self.tokens {
+            let n = NonZeroU32::new(tokens.max(1)).expect("at least 1");
+            match limiter.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => return Err(Some(not_until.wait_time_from(now))),
+                // A call bigger than a whole minute's budget can never fit: let it through
+                // alone rather than starve it.
+                Err(_) if self.running == 0 => {}
+                Err(_) => return Err(None),
+            }
+        }
+        self.running += 1;
+        Ok(())
+    }
+}
+
+/// Rough token count of a prompt: about four characters a token, plus the instructions.
+fn estimate_tokens(text_len: usize) -> u32 {
+    (text_len / 4 + 64).min(u32::MAX as usize) as u32
+}
+
+/// The gateway actor.
+pub struct ModelGateway {
+    config: GatewayConfig,
+    backends: Backends,
+    lanes: HashMap<String, Lane>,
+    sentiment: SentimentQueue,
+    summaries: VecDeque<SummaryJob>,
+    wake_scheduled: bool,
+    cancel: CancellationToken,
+}
+
+impl ModelGateway {
+    /// A gateway over `backends`.
+    pub fn new(config: GatewayConfig, backends: Backends) -> Self {
+        let mut lanes = HashMap::new();
+        for id in [&backends.sentiment_id, &backends.summary_id] {
+            let limits = config.models.get(id).unwrap_or(&config.limits).clone();
+            lanes.entry(id.clone()).or_insert_with(|| Lane::new(limits));
+        }
+        Self {
+            config,
+            backends,
+            lanes,
+            sentiment: SentimentQueue::default(),
+            summaries: VecDeque::new(),
+            wake_scheduled: false,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self
+            .config
+            .retry_base_ms
+            .saturating_mul(1 << attempts.min(16))
+            .min(self.config.retry_max_ms);
+        // Full jitter: anywhere between half and all of the exponential delay.
+        let jittered = exp / 2 + rand::random_range(0..=exp / 2);
+        Duration::from_millis(jittered)
+    }
+
+    fn lane(&mut self, id: &str) -> &mut Lane {
+        self.lanes.get_mut(id).expect("a lane per backend")
+    }
+
+    /// Starts every call the limits allow, sentiment first.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut wait: Option<Duration> = None;
+        let deadline = Duration::from_millis(self.config.sentiment_deadline_ms);
+        while let Some(job) = self.sentiment.front() {
+            if job.newest.elapsed() > deadline {
+                let job = self.sentiment.pop_front().expect("present");
+                skip(job, "deadline passed before a model slot was free");
+                continue;
+            }
+            let tokens = estimate_tokens(job.request.text.len());
+            let id = self.backends.sentiment_id.clone();
+            match self.lane(&id).admit(tokens) {
+                Ok(()) => {
+                    let job = self.sentiment.pop_front().expect("present");
+                    self.start_sentiment(job, ctx);
+                }
+                Err(w) => {
+                    wait = w;
+                    break;
+                }
+            }
+        }
+        // Summaries only when no sentiment waits for the same model.
+        let sentiment_waits = self.sentiment.len > 0;
+        while let Some(job) = self.summaries.front() {
+            let id = self.backends.summary_id.clone();
+            if sentiment_waits && id == self.backends.sentiment_id {
+                break;
+            }
+            let tokens = estimate_tokens(job.request.turns.iter().map(|t| t.text.len()).sum());
+            match self.lane(&id).admit(tokens) {
+                Ok(()) => {
+                    let job = self.summaries.pop_front().expect("present");
+                    self.start_summary(job, ctx);
+                }
+                Err(w) => {
+                    wait = earliest(wait, w);
+                    break;
+                }
+            }
+        }
+        let depth = &metrics().queue_depth;
+        depth
+            .with_label_values(&["sentiment"])
+            .set(self.sentiment.len as i64);
+        depth
+            .with_label_values(&["summary"])
+            .set(self.summaries.len() as i64);
+        if let Some(wait) = wait
+            && !self.wake_scheduled
+        {
+            self.wake_scheduled = true;
+            ctx.run_later(wait, |act, ctx| {
+                act.wake_scheduled = false;
+                act.pump(ctx);
+            });
+        }
+    }
+
+    fn start_sentiment(&mut self, mut job: SentimentJob, ctx: &mut Context<Self>) {
+        let model = self.backends.sentiment.clone();
+        let cancel = self.cancel.child_token();
+        let utterance = Turn::new(job.request.participant.as_str(), job.request.text.clone());
+        let context = std::mem::take(&mut job.request.context);
+        let call = timed(async move { model.classify(&utterance, &context, &cancel).await });
+        ctx.spawn(call.into_actor(self).map(move |(result, took), act, ctx| {
+            let id = act.backends.sentiment_id.clone();
+            act.lane(&id).running -= 1;
+            job.attempts += 1;
+            record_call("sentiment", &id, &result.as_ref().map(|s| s.usage), took);
+            match result {
+                Ok(s) => {
+                    let latency_ms = job.enqueued.elapsed().as_millis() as u64;
+                    let r = &job.request;
+                    r.reply.do_send(ModelOutcome::Judged(SentimentAssessed {
+                        segment_id: r.segment_id.clone(),
+                        coalesced: job.coalesced.clone(),
+                        participant: r.participant,
+                        label: s.label,
+                        scores: s.scores,
+                        model: s.model_id,
+                        latency_ms,
+                        tokens_in: s.usage.input_tokens,
+                        tokens_out: s.usage.output_tokens,
+                    }));
+                }
+                Err(ModelError::Cancelled) => {}
+                Err(e) if e.is_transient() && job.attempts < act.config.sentiment_attempts => {
+                    tracing::warn!(contact = %job.request.contact_id, error = %e, "sentiment call failed; retrying");
+                    let delay = act.backoff(job.attempts);
+                    ctx.run_later(delay, move |act, ctx| act.requeue_sentiment(job, ctx));
+                }
+                Err(e) => skip(job, &format!("model failed: {e}")),
+            }
+            act.pump(ctx);
+        }));
+    }
+
+    fn requeue_sentiment(&mut self, job: SentimentJob, ctx: &mut Context<Self>) {
+        self.sentiment.push_job(job, true);
+        self.pump(ctx);
+    }
+
+    fn start_summary(&mut self, mut job: SummaryJob, ctx: &mut Context<Self>) {
+        let model = self.backends.summariser.clone();
+        let cancel = self.cancel.child_token();
+        let turns = job.request.turns.clone();
+        let call = timed(async move { model.summarise(&turns, &cancel).await });
+        ctx.spawn(call.into_actor(self).map(move |(result, took), act, ctx| {
+            let id = act.backends.summary_id.clone();
+            act.lane(&id).running -= 1;
+            job.attempts += 1;
+            record_call("summary", &id, &result.as_ref().map(|s| s.usage), took);
+            let r = &job.request;
+            match result {
+                Ok(s) => r
+                    .reply
+                    .do_send(ModelOutcome::Summarised(summary_event(r.version, s))),
+                Err(ModelError::Cancelled) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(contact = %r.contact_id, error = %e, attempts = job.attempts, "summary call failed; retrying");
+                    let delay = act.backoff(job.attempts);
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.summaries.push_front(job);
+                        act.pump(ctx);
+                    });
+                }
+                Err(e) => r.reply.do_send(ModelOutcome::SummaryFailed(SummaryFailed {
+                    version: r.version,
+                    model: id,
+                    error: e.to_string(),
+                    attempts: job.attempts,
+                })),
+            }
+            act.pump(ctx);
+        }));
+    }
+}
+
+/// Runs `call`, returning its output and how long it took.
+async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let output = call.await;
+    (output, started.elapsed())
+}
+
+/// Counts a finished model call: outcome, latency and tokens.
+fn record_call(task: &str, model: &str, result: &Result<Usage, &ModelError>, took: Duration) {
+    let m = metrics();
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(ModelError::Cancelled) => "cancelled",
+        Err(e) if e.is_transient() => "retried",
+        Err(_) => "error",
+    };
+    m.model_calls
+        .with_label_values(&[task, model, outcome])
+        .inc();
+    m.model_latency
+        .with_label_values(&[task])
+        .observe(took.as_secs_f64());
+    if let Ok(usage) = result {
+        m.model_tokens
+            .with_label_values(&[model, "in"])
+            .inc_by(u64::from(usage.input_tokens));
+        m.model_tokens
+            .with_label_values(&[model, "out"])
+            .inc_by(u64::from(usage.output_tokens));
+    }
+}
+
+/// The sooner of two optional waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn skip(job: SentimentJob, why: &str) {
+    metrics()
+        .model_calls
+        .with_label_values(&["sentiment", "-", "skipped"])
+        .inc();
+    let mut segment_ids = job.coalesced;
+    segment_ids.push(job.request.segment_id.clone());
+    job.request
+        .reply
+        .do_send(ModelOutcome::Skipped(ModelCallSkipped {
+            task: ModelTask::Sentiment,
+            segment_ids,
+            why: why.to_string(),
+            stale_ms: job.enqueued.elapsed().as_millis() as u64,
+        }));
+}
+
+impl Actor for ModelGateway {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.cancel.cancel();
+    }
+}
+
+impl Handler<JudgeUtterance> for ModelGateway {
+    type Result = ();
+
+    fn handle(&mut self, request: JudgeUtterance, ctx: &mut Context<Self>) {
+        if let Some(oldest) = self.sentiment.push(
+            request,
+            self.config.max_coalesced.max(1),
+            self.config.max_queued_sentiment,
+        ) {
+            skip(oldest, "sentiment queue full (overload)");
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<WriteSummary> for ModelGateway {
+    type Result = ();
+
+    fn handle(&mut self, request: WriteSummary, ctx: &mut Context<Self>) {
+        self.summaries.push_back(SummaryJob {
+            request,
+            attempts: 0,
+        });
+        self.pump(ctx);
+    }
+}
+
+impl Handler<GetQueueDepth> for ModelGateway {
+    type Result = QueueDepth;
+
+    fn handle(&mut self, _: GetQueueDepth, _: &mut Context<Self>) -> QueueDepth {
+        QueueDepth {
+            sentiment_queued: self.sentiment.len,
+            summaries_queued: self.summaries.len(),
+            running: self.lanes.values().map(|l| l.running).sum(),
+        }
+    }
+}

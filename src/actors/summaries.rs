@@ -1,0 +1,123 @@
+//! SummarySink: where finished summaries go. Here: a folder with one JSON and one Markdown
+//! file per contact and summary version (S3 in the fleet). Versions never overwrite each
+//! other, and saving the same version twice writes the same bytes.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::events::SummaryGenerated;
+
+/// Saves summaries.
+#[async_trait]
+pub trait SummarySink: Send + Sync + 'static {
+    /// Saves one summary version of a contact.
+    async fn save(&self, contact_id: &str, summary: &SummaryGenerated) -> Result<(), String>;
+
+    /// Whether that version is already saved.
+    async fn has(&self, contact_id: &str, version: u32) -> bool;
+}
+
+/// `<dir>/<contact>/v<version>.json` and `.md`.
+pub struct SummaryFolder {
+    dir: PathBuf,
+}
+
+impl SummaryFolder {
+    /// A sink writing under `dir` (created when needed).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn path(&self, contact_id: &str, version: u32, ext: &str) -> PathBuf {
+        self.dir
+            .join(file_safe(contact_id))
+            .join(format!("v{version}.{ext}"))
+    }
+}
+
+/// Contact ids as file names: anything but letters, digits, `-`, `_` and `.` becomes `_`,
+/// and a leading dot is escaped, so no id can leave the folder.
+fn file_safe(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.starts_with('.') {
+        format!("_{safe}")
+    } else {
+        safe
+    }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("summary paths have a folder");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The Markdown rendering of a summary.
+pub fn markdown(contact_id: &str, s: &SummaryGenerated) -> String {
+    let sentiment = s
+        .customer_sentiment
+        .map_or_else(|| "unknown".to_string(), |l| l.to_string());
+    format!(
+        "# Call {contact_id}: summary v{}\n\n{}\n\n- **Reason:** {}\n- **Resolution:** {}\n- **Follow-up:** {}\n- **Customer sentiment at the end:** {sentiment}\n\n_Model {} (prompt v{}), {} tokens in, {} out._\n",
+        s.version,
+        s.text,
+        s.reason,
+        s.resolution,
+        s.follow_up,
+        s.model,
+        s.prompt_version,
+        s.tokens_in,
+        s.tokens_out
+    )
+}
+
+#[async_trait]
+impl SummarySink for SummaryFolder {
+    async fn save(&self, contact_id: &str, summary: &SummaryGenerated) -> Result<(), String> {
+        let mut json = serde_json::to_value(summary).map_err(|e| e.to_string())?;
+        json["contactId"] = contact_id.into();
+        let json = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+        let md = markdown(contact_id, summary);
+        let (json_path, md_path) = (
+            self.path(contact_id, summary.version, "json"),
+            self.path(contact_id, summary.version, "md"),
+        );
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&md_path, md.as_bytes())?;
+            write_atomically(&json_path, &json)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("writing summary: {e}"))
+    }
+
+    async fn has(&self, contact_id: &str, version: u32) -> bool {
+        self.path(contact_id, version, "json").exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_ids_cannot_escape_the_folder() {
+        assert_eq!(file_safe("../../etc/passwd"), "_.._.._etc_passwd");
+        assert_eq!(file_safe("c-1_ok.v2"), "c-1_ok.v2");
+        assert_eq!(file_safe(".hidden"), "_.hidden");
+    }
+}

@@ -1,0 +1,116 @@
+//! `callpulse run`: records from a file, stdin and/or HTTP through the pipeline, until the
+//! input ends or SIGTERM/SIGINT; then a graceful drain (no accepted record is lost: every
+//! record read is made durable or written to the reject log).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use super::DataDir;
+use crate::actors::Pipeline;
+use crate::actors::feed::{FeedStats, feed};
+use crate::actors::gateway::Backends;
+use crate::config::Config;
+use crate::ingest::http;
+use crate::ingest::source::{Ingested, RejectLog, read_jsonl};
+
+/// Largest HTTP body accepted.
+const HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// Where records come from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// JSON Lines files; `-` is stdin.
+    pub files: Vec<PathBuf>,
+    /// Accept records over HTTP here.
+    pub listen: Option<SocketAddr>,
+    /// How long to wait for owed model work after the input ends.
+    pub settle_timeout: Duration,
+}
+
+/// Runs the pipeline over `inputs` and returns what the feed did.
+pub async fn run(
+    config: &Config,
+    data: &DataDir,
+    backends: Backends,
+    inputs: Inputs,
+) -> anyhow::Result<FeedStats> {
+    let pipeline = Pipeline::start(super::parts(config, data, backends)?);
+    pipeline
+        .resume_unfinished()
+        .await
+        .context("resuming unfinished contacts")?;
+    let rejects = RejectLog::open(&data.reject_log())
+        .with_context(|| format!("opening {}", data.reject_log().display()))?;
+    let (tx, rx) = mpsc::channel::<Ingested>(config.pipeline.max_in_flight.max(1));
+
+    let server = match inputs.listen {
+        Some(addr) => {
+            let server = http::serve(addr, tx.clone(), HTTP_BODY_LIMIT)
+                .with_context(|| format!("listening on {addr}"))?;
+            let handle = server.handle();
+            actix::spawn(server);
+            tracing::info!(%addr, "accepting records over HTTP: POST /records; GET /metrics");
+            Some(handle)
+        }
+        None => None,
+    };
+    let files = inputs.files.clone();
+    let file_tx = tx.clone();
+    drop(tx);
+    let reading = async move {
+        for file in files {
+            let result = if file.as_os_str() == "-" {
+                read_jsonl(tokio::io::stdin(), "stdin", &file_tx).await
+            } else {
+                let name = file.display().to_string();
+                match tokio::fs::File::open(&file).await {
+                    Ok(f) => read_jsonl(f, &name, &file_tx).await,
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!(file = %file.display(), error = %e, "reading input failed");
+            }
+        }
+    };
+    let feeding = feed(
+        pipeline.router.clone(),
+        rx,
+        &rejects,
+        config.pipeline.max_in_flight.max(1),
+    );
+    // Sources stop at the end of the files (with HTTP: at a signal) or at a signal; the
+    // feed ends once every sender is gone and every record read is settled.
+    let stop_sources = async {
+        tokio::select! {
+            _ = reading => if server.is_some() { shutdown_signal().await },
+            _ = shutdown_signal() => tracing::info!("signal received: draining"),
+        }
+        if let Some(server) = &server {
+            server.stop(true).await;
+        }
+    };
+    let (stats, ()) = tokio::join!(feeding, stop_sources);
+    pipeline.settle(inputs.settle_timeout).await?;
+    pipeline.stop();
+    Ok(stats)
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

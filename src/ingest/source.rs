@@ -1,0 +1,492 @@
+//! From raw input to what the pipeline consumes: lines are framed (never more than
+//! [`MAX_RECORD_BYTES`] buffered), parsed, given an idempotency key ([`Incoming::source_id`]),
+//! and sent into a bounded channel; partial segments are counted and dropped; every bad
+//! line becomes a [`Rejected`] with its position, which [`RejectLog`] keeps on disk.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc::Sender;
+use tokio_util::bytes::{Bytes, BytesMut};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
+
+use super::record::{MAX_RECORD_BYTES, Record, RecordError, parse_line};
+use crate::metrics::metrics;
+
+/// How much of a refused line [`Rejected::raw`] keeps, in bytes.
+pub const RAW_BYTES: usize = 1024;
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Position {
+    /// The source: a file path, `stdin`, `http`.
+    pub source: String,
+    /// 1-based line within the source (within the body for HTTP).
+    pub line: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.source, self.line)
+    }
+}
+
+/// A record ready for the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The record; a segment always has a `segment_id` here (derived in the minimal form).
+    pub record: Record,
+    /// Idempotency key within the contact: `seg:{segmentId}`, `m-{n}` for the n-th id-less
+    /// final segment of the contact, `started` or `ended`.
+    pub source_id: String,
+    /// Where it came from.
+    pub position: Position,
+}
+
+/// A line that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    /// Where it came from.
+    pub position: Position,
+    /// Why it was refused.
+    pub reason: String,
+    /// The first [`RAW_BYTES`] of the line (invalid UTF-8 replaced).
+    pub raw: String,
+}
+
+/// What a source sends into the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// A good record.
+    Record(Incoming),
+    /// A bad line.
+    Rejected(Rejected),
+}
+
+/// What one reader did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Records passed on.
+    pub records: u64,
+    /// Lines refused.
+    pub rejected: u64,
+    /// Partial segments dropped.
+    pub partials_skipped: u64,
+}
+
+/// One framed line.
+#[derive(Debug)]
+pub(super) enum Line {
+    /// A line of at most [`MAX_RECORD_BYTES`], without its line break.
+    Text(Bytes),
+    /// A longer line: its first [`RAW_BYTES`]; the rest is skipped, never buffered.
+    TooLong(Bytes),
+}
+
+/// Splits input at `\n` into [`Line`]s, with `AnyDelimiterCodec` under a length limit (rather
+/// than `LinesCodec`, which consumes a line that is not UTF-8 before failing and so loses
+/// its bytes); an over-long line is a [`Line::TooLong`], not an error, and framing goes on
+/// with the next line.
+pub(super) struct LineCodec(AnyDelimiterCodec);
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        Self(AnyDelimiterCodec::new_with_max_length(
+            vec![b'\n'],
+            vec![b'\n'],
+            MAX_RECORD_BYTES,
+        ))
+    }
+}
+
+type Step =
+    fn(&mut AnyDelimiterCodec, &mut BytesMut) -> Result<Option<Bytes>, AnyDelimiterCodecError>;
+
+impl LineCodec {
+    fn frame(&mut self, buf: &mut BytesMut, step: Step) -> io::Result<Option<Line>> {
+        match step(&mut self.0, buf) {
+            Ok(line) => Ok(line.map(Line::Text)),
+            // The codec has not consumed the line yet: `buf` starts with it.
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Line::TooLong(
+                Bytes::copy_from_slice(&buf[..buf.len().min(RAW_BYTES)]),
+            ))),
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Line;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Option<Line>> {
+        self.frame(buf, AnyDelimiterCodec::decode)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> io::Result<Option<Line>> {
+        self.frame(buf, AnyDelimiterCodec::decode_eof)
+    }
+}
+
+/// Turns the lines of one source into [`Ingested`] items, numbering the id-less segments of
+/// each contact (`m-1`, `m-2`, …) so that re-reading the same stream gives the same ids. A
+/// contact's count restarts after its `ENDED` (which also bounds the memory kept).
+pub(super) struct LineReader {
+    source: String,
+    label: &'static str,
+    minimal: HashMap<String, u64>,
+}
+
+impl LineReader {
+    /// A reader of `source`; its metric label is `stdin`, `http`, or `file` for anything else.
+    pub(super) fn new(source: &str) -> Self {
+        let label = match source {
+            "stdin" => "stdin",
+            "http" => "http",
+            _ => "file",
+        };
+        Self {
+            source: source.into(),
+            label,
+            minimal: HashMap::new(),
+        }
+    }
+
+    /// The items of line `number`: none for a blank line or a partial, one rejection for a
+    /// bad line, one or more (Contact Lens) records otherwise.
+    pub(super) fn ingest(
+        &mut self,
+        number: u64,
+        line: Line,
+        stats: &mut ReadStats,
+    ) -> Vec<Ingested> {
+        let position = Position {
+            source: self.source.clone(),
+            line: number,
+        };
+        let (bytes, parsed) = match &line {
+            Line::TooLong(head) => (head, Err(RecordError::TooLarge)),
+            Line::Text(bytes) => {
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Vec::new();
+                }
+                let parsed = std::str::from_utf8(bytes)
+                    .map_err(|_| RecordError::InvalidUtf8)
+                    .and_then(|text| parse_line(text.strip_suffix('\r').unwrap_or(text)));
+                (bytes, parsed)
+            }
+        };
+        match parsed {
+            Ok(records) => records
+                .into_iter()
+                .filter_map(|record| self.incoming(record, &position, stats))
+                .collect(),
+            Err(e) => {
+                stats.rejected += 1;
+                metrics().records_rejected.inc();
+                vec![Ingested::Rejected(Rejected {
+                    position,
+                    reason: e.to_string(),
+                    raw: String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_BYTES)]).into(),
+                })]
+            }
+        }
+    }
+
+    fn incoming(
+        &mut self,
+        mut record: Record,
+        position: &Position,
+        stats: &mut ReadStats,
+    ) -> Option<Ingested> {
+        let source_id = match &mut record {
+            Record::Segment(s) if s.is_partial => {
+                stats.partials_skipped += 1;
+                metrics().partials_skipped.inc();
+                return None;
+            }
+            Record::Segment(s) => match &s.segment_id {
+                Some(id) => format!("seg:{id}"),
+                None => {
+                    let n = self.minimal.entry(s.contact_id.clone()).or_default();
+                    *n += 1;
+                    let id = format!("m-{n}");
+                    s.segment_id = Some(id.clone());
+                    id
+                }
+            },
+            Record::Started { .. } => "started".into(),
+            Record::Ended { contact_id, .. } => {
+                self.minimal.remove(contact_id.as_str());
+                "ended".into()
+            }
+        };
+        stats.records += 1;
+        metrics().records_in.with_label_values(&[self.label]).inc();
+        Some(Ingested::Record(Incoming {
+            record,
+            source_id,
+            position: position.clone(),
+        }))
+    }
+}
+
+/// Reads JSON Lines from `reader` (named `source` in positions) into `out`, in order,
+/// waiting whenever `out` is full. Blank lines are skipped; bad lines, lines over
+/// [`MAX_RECORD_BYTES`] and invalid UTF-8 are sent as [`Ingested::Rejected`] and reading goes
+/// on. Ends at end of input, or early and cleanly when the receiver is gone; fails only on
+/// an I/O error of `reader`.
+pub async fn read_jsonl<R: AsyncRead + Unpin>(
+    reader: R,
+    source: &str,
+    out: &Sender<Ingested>,
+) -> io::Result<ReadStats> {
+    let mut lines = FramedRead::new(reader, LineCodec::default());
+    let mut reader = LineReader::new(source);
+    let mut stats = ReadStats::default();
+    let mut number = 0;
+    while let Some(line) = lines.next().await {
+        number += 1;
+        for item in reader.ingest(number, line?, &mut stats) {
+            if out.send(item).await.is_err() {
+                return Ok(stats);
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Keeps every rejected line as one JSON line (`at`, `position`, `reason`, `raw`) appended to
+/// a file, e.g. `<data-dir>/rejected.jsonl`, and logs a warning, so that no bad record is
+/// lost silently.
+#[derive(Debug)]
+pub struct RejectLog {
+    file: File,
+}
+
+#[derive(Serialize)]
+struct RejectLine<'a> {
+    at: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    rejected: &'a Rejected,
+}
+
+impl RejectLog {
+    /// Opens `path` for appending, creating it and its folder when missing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { file })
+    }
+
+    /// Logs `rejected` and appends it to the file (one short blocking write).
+    pub fn record(&self, rejected: &Rejected) -> io::Result<()> {
+        tracing::warn!(position = %rejected.position, reason = %rejected.reason, "record rejected");
+        let mut line = serde_json::to_vec(&RejectLine {
+            at: chrono::Utc::now(),
+            rejected,
+        })?;
+        line.push(b'\n');
+        (&self.file).write_all(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::sync::mpsc;
+
+    /// Reads `input`, arriving in pieces of at most `piece` bytes, through a channel of
+    /// capacity 2 (so backpressure is exercised).
+    async fn read_in_pieces(input: &[u8], piece: usize) -> (Vec<Ingested>, ReadStats) {
+        let (tx, mut rx) = mpsc::channel(2);
+        let (mut writer, reader) = tokio::io::duplex(piece);
+        let input = input.to_vec();
+        tokio::spawn(async move { writer.write_all(&input).await });
+        let reading = tokio::spawn(async move { read_jsonl(reader, "calls.jsonl", &tx).await });
+        let mut items = Vec::new();
+        while let Some(item) = rx.recv().await {
+            items.push(item);
+        }
+        (items, reading.await.unwrap().unwrap())
+    }
+
+    async fn read_all(input: &[u8]) -> (Vec<Ingested>, ReadStats) {
+        read_in_pieces(input, 64 * 1024).await
+    }
+
+    /// `(line, source_id, transcript)` of records, `(line, reason)` of rejections.
+    fn summary(items: &[Ingested]) -> Vec<(u64, String, String)> {
+        items
+            .iter()
+            .map(|item| match item {
+                Ingested::Record(r) => {
+                    assert_eq!(r.position.source, "calls.jsonl");
+                    let text = match &r.record {
+                        Record::Segment(s) => {
+                            let id = s.segment_id.as_deref().unwrap();
+                            assert!(r.source_id == id || r.source_id == format!("seg:{id}"));
+                            s.transcript.clone()
+                        }
+                        other => other.contact_id().to_string(),
+                    };
+                    (r.position.line, r.source_id.clone(), text)
+                }
+                Ingested::Rejected(r) => (r.position.line, "REJECTED".into(), r.reason.clone()),
+            })
+            .collect()
+    }
+
+    fn mixed_stream() -> Vec<u8> {
+        let mut input = Vec::new();
+        let mut line = |l: &[u8]| {
+            input.extend_from_slice(l);
+            input.push(b'\n');
+        };
+        line(br#"{"type":"STARTED","contactId":"c-1"}"#); // 1
+        line(br#"{"contactId":"c-1","transcript":"hello","isPartial":false}"#); // 2
+        line(br#"{"contactId":"c-1","transcript":"I ha","isPartial":true}"#); // 3
+        line(b"not json at all"); // 4
+        line(b""); // 5
+        line(br#"{"contactId":"c-2","transcript":"other call"}"#); // 6
+        line(
+            format!(
+                r#"{{"contactId":"c-1","transcript":"{}"}}"#,
+                "x".repeat(MAX_RECORD_BYTES)
+            )
+            .as_bytes(),
+        ); // 7
+        line(br#"{"contactId":"c-1","transcript":"I have waited","isPartial":false}"#); // 8
+        line(b"{\"contactId\":\"c-1\",\"transcript\":\"caf\xe9\"}"); // 9
+        line(br#"{"type":"SEGMENT","contactId":"c-1","segmentId":"s-9","participant":"AGENT","transcript":"sorry"}"#); // 10
+        line(b"   \r"); // 11
+        line(br#"{"type":"SEGMENT","transcript":"no contact"}"#); // 12
+        line(br#"{"type":"HOLD","contactId":"c-1"}"#); // 13
+        line(br#"{"ContactId":"c-1","EventType":"SEGMENTS","Segments":[{"Utterance":{"Id":"u","ParticipantRole":"CUSTOMER","PartialContent":"so"}},{"Transcript":{"Id":"t-1","ParticipantRole":"CUSTOMER","Content":"so slow"}}]}"#); // 14
+        line(br#"{"contactId":"c-1","transcript":"third","isPartial":false}"#); // 15
+        input.extend_from_slice(br#"{"type":"ENDED","contactId":"c-1"}"#); // 16, no final newline
+        input
+    }
+
+    #[tokio::test]
+    async fn every_line_arrives_in_order_with_its_position_and_source_id() {
+        let (items, stats) = read_all(&mixed_stream()).await;
+        let s = |l: u64, id: &str, t: &str| (l, id.to_string(), t.to_string());
+        let too_large = format!("record of more than {MAX_RECORD_BYTES} bytes");
+        let expected = vec![
+            s(1, "started", "c-1"),
+            s(2, "m-1", "hello"),
+            s(
+                4,
+                "REJECTED",
+                "not a valid record: expected ident at line 1 column 2",
+            ),
+            s(6, "m-1", "other call"),
+            s(7, "REJECTED", &too_large),
+            s(8, "m-2", "I have waited"),
+            s(9, "REJECTED", "record is not valid UTF-8"),
+            s(10, "seg:s-9", "sorry"),
+            s(12, "REJECTED", "missing field contactId"),
+            s(13, "REJECTED", "unknown record type \"HOLD\""),
+            s(14, "seg:t-1", "so slow"),
+            s(15, "m-3", "third"),
+            s(16, "ended", "c-1"),
+        ];
+        assert_eq!(summary(&items), expected);
+        assert_eq!(
+            stats,
+            ReadStats {
+                records: 8,
+                rejected: 5,
+                partials_skipped: 2
+            }
+        );
+        let Ingested::Rejected(oversize) = &items[4] else {
+            panic!()
+        };
+        assert_eq!(oversize.raw.len(), RAW_BYTES);
+        assert!(
+            oversize
+                .raw
+                .starts_with(r#"{"contactId":"c-1","transcript":"xxx"#)
+        );
+        let Ingested::Rejected(latin1) = &items[6] else {
+            panic!()
+        };
+        assert!(latin1.raw.ends_with("caf\u{fffd}\"}"));
+
+        let (again, _) = read_in_pieces(&mixed_stream(), 7).await;
+        assert_eq!(
+            again, items,
+            "re-reading gives identical items and source ids"
+        );
+    }
+
+    #[tokio::test]
+    async fn minimal_counts_restart_after_ended() {
+        let call = br#"{"contactId":"c","transcript":"a"}
+{"contactId":"c","transcript":"b"}
+{"type":"ENDED","contactId":"c"}
+"#;
+        let (items, _) = read_all(&call.repeat(2)).await;
+        let ids: Vec<_> = summary(&items).into_iter().map(|(_, id, _)| id).collect();
+        assert_eq!(ids, ["m-1", "m-2", "ended", "m-1", "m-2", "ended"]);
+    }
+
+    #[tokio::test]
+    async fn an_oversize_last_line_without_newline_is_rejected_and_reading_ends() {
+        let mut input = br#"{"type":"ENDED","contactId":"c"}"#.to_vec();
+        input.push(b'\n');
+        input.extend(std::iter::repeat_n(b'y', MAX_RECORD_BYTES * 3));
+        let (items, stats) = read_all(&input).await;
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[1], Ingested::Rejected(r) if r.position.line == 2));
+        assert_eq!((stats.records, stats.rejected), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_closed_receiver_ends_reading_cleanly() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let stats = read_jsonl(&mixed_stream()[..], "calls.jsonl", &tx)
+            .await
+            .unwrap();
+        assert_eq!(stats.records, 1, "stops at the first send");
+    }
+
+    #[test]
+    fn reject_log_appends_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("rejected.jsonl");
+        let rejected = Rejected {
+            position: Position {
+                source: "calls.jsonl".into(),
+                line: 4,
+            },
+            reason: "not a valid record".into(),
+            raw: "not json".into(),
+        };
+        RejectLog::open(&path).unwrap().record(&rejected).unwrap();
+        RejectLog::open(&path).unwrap().record(&rejected).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["position"]["line"], 4);
+        assert_eq!(lines[1]["position"]["source"], "calls.jsonl");
+        assert_eq!(lines[1]["reason"], "not a valid record");
+        assert_eq!(lines[1]["raw"], "not json");
+        assert!(lines[1]["at"].is_string());
+    }
+}

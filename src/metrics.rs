@@ -1,0 +1,196 @@
+//! Process-wide Prometheus metrics. Every name is prefixed `callpulse_`; [`render`] gives the
+//! text exposition format served at `GET /metrics`.
+//!
+//! Record them where things happen, e.g. `metrics().escalations.inc()` or
+//! `metrics().model_calls.with_label_values(&["sentiment", model, "ok"]).inc()`.
+
+use std::sync::LazyLock;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The pipeline's metrics (names below without the `callpulse_` prefix).
+pub struct Metrics {
+    registry: Registry,
+    /// `records_in_total{source}`: records passed on by each kind of source (`file`,
+    /// `stdin`, `http`, …), partials and rejections excluded.
+    pub records_in: IntCounterVec,
+    /// `records_rejected_total`: input lines refused.
+    pub records_rejected: IntCounter,
+    /// `partials_skipped_total`: partial segments dropped.
+    pub partials_skipped: IntCounter,
+    /// `events_appended_total`: events written to the event log.
+    pub events_appended: IntCounter,
+    /// `appends_total`: append calls (batches) to the event log.
+    pub appends: IntCounter,
+    /// `append_batch_duration_seconds`: time of one append call.
+    pub append_batch_duration: Histogram,
+    /// `model_calls_total{task,model,outcome}`: model calls, e.g. task `sentiment` or
+    /// `summary`, outcome `ok`, `error`, `throttled`, `skipped`.
+    pub model_calls: IntCounterVec,
+    /// `model_latency_seconds{task}`: time of one model call.
+    pub model_latency: HistogramVec,
+    /// `model_tokens_total{model,direction}`: tokens, direction `in` or `out`.
+    pub model_tokens: IntCounterVec,
+    /// `escalations_total`: escalations raised.
+    pub escalations: IntCounter,
+    /// `attribute_updates_total{outcome}`: contact attribute writes (`ok`, `failed`).
+    pub attribute_updates: IntCounterVec,
+    /// `summaries_total{outcome}`: summaries written (`ok`, `failed`).
+    pub summaries: IntCounterVec,
+    /// `queue_depth{queue}`: items waiting in each queue.
+    pub queue_depth: IntGaugeVec,
+    /// `open_contacts`: contacts with a live actor.
+    pub open_contacts: IntGauge,
+}
+
+/// Registers `collector` and hands it back. Names are fixed and distinct, so failing here is
+/// a bug in this file.
+fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are valid and distinct");
+    collector
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(buckets.to_vec())
+}
+
+/// Buckets for appends to the event log, 0.5 ms to 2.5 s.
+const APPEND_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// Buckets for model calls, 10 ms to 60 s.
+const MODEL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new_custom(Some("callpulse".into()), None).expect("valid prefix");
+        let r = &registry;
+        Self {
+            records_in: counter_vec(
+                r,
+                "records_in_total",
+                "Records passed on, by kind of source",
+                &["source"],
+            ),
+            records_rejected: counter(r, "records_rejected_total", "Input lines refused"),
+            partials_skipped: counter(r, "partials_skipped_total", "Partial segments dropped"),
+            events_appended: counter(r, "events_appended_total", "Events appended to the log"),
+            appends: counter(r, "appends_total", "Append calls to the event log"),
+            append_batch_duration: register(
+                r,
+                Histogram::with_opts(histogram_opts(
+                    "append_batch_duration_seconds",
+                    "Time of one append call",
+                    APPEND_BUCKETS,
+                ))
+                .expect("valid metric"),
+            ),
+            model_calls: counter_vec(
+                r,
+                "model_calls_total",
+                "Model calls by task, model and outcome",
+                &["task", "model", "outcome"],
+            ),
+            model_latency: register(
+                r,
+                HistogramVec::new(
+                    histogram_opts(
+                        "model_latency_seconds",
+                        "Time of one model call",
+                        MODEL_BUCKETS,
+                    ),
+                    &["task"],
+                )
+                .expect("valid metric"),
+            ),
+            model_tokens: counter_vec(
+                r,
+                "model_tokens_total",
+                "Model tokens by model and direction (in, out)",
+                &["model", "direction"],
+            ),
+            escalations: counter(r, "escalations_total", "Escalations raised"),
+            attribute_updates: counter_vec(
+                r,
+                "attribute_updates_total",
+                "Contact attribute writes by outcome",
+                &["outcome"],
+            ),
+            summaries: counter_vec(r, "summaries_total", "Summaries by outcome", &["outcome"]),
+            queue_depth: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("queue_depth", "Items waiting, by queue"),
+                    &["queue"],
+                )
+                .expect("valid metric"),
+            ),
+            open_contacts: register(
+                r,
+                IntGauge::new("open_contacts", "Contacts with a live actor").expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// All metrics in the Prometheus text exposition format (version 0.0.4).
+pub fn render() -> String {
+    TextEncoder::new()
+        .encode_to_string(&metrics().registry.gather())
+        .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names_with_labels() {
+        metrics().escalations.inc();
+        metrics()
+            .model_calls
+            .with_label_values(&["sentiment", "nova-micro", "ok"])
+            .inc();
+        metrics()
+            .model_latency
+            .with_label_values(&["summary"])
+            .observe(0.3);
+        let text = render();
+        assert!(text.contains("# TYPE callpulse_escalations_total counter"));
+        assert!(text.contains(
+            r#"callpulse_model_calls_total{model="nova-micro",outcome="ok",task="sentiment"}"#
+        ));
+        assert!(
+            text.contains(r#"callpulse_model_latency_seconds_bucket{task="summary",le="0.5"}"#)
+        );
+        assert!(text.contains("# TYPE callpulse_open_contacts gauge"));
+    }
+}

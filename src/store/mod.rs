@@ -1,0 +1,251 @@
+//! Where events and read models live: the [`EventStore`] and [`ProjectionStore`] traits and
+//! their implementations (SQLite for one machine, in-memory for tests and benchmarks).
+//!
+//! Semantics every implementation keeps (DESIGN.md, "Store semantics"; the conformance
+//! suite in `store::conformance` checks them):
+//! - An append is one contact's batch of sealed events with consecutive sequence numbers.
+//!   It succeeds only if the first sequence number is the contact's highest + 1 (optimistic
+//!   concurrency), and is all-or-nothing.
+//! - The batch's idempotency key is its first event's `source_id`: a batch whose key is
+//!   already in the contact's log is a no-op that returns the original sequence numbers, so
+//!   at-least-once transports give exactly-once effects.
+//! - Every event also gets a global position, increasing in commit order, for projections.
+
+pub mod memory;
+pub mod projection;
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::events::StoredEvent;
+use crate::models::Label;
+
+/// Largest stored event accepted ([`StoredEvent::stored_len`]), chosen to fit one DynamoDB
+/// item (400 KB) with room for attribute names.
+pub const MAX_EVENT_BYTES: usize = 350 * 1024;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The events were written with these sequence numbers.
+    Written {
+        /// First sequence number.
+        first_seq: u64,
+        /// Last sequence number.
+        last_seq: u64,
+    },
+    /// The batch's source id was already in the log: nothing written; the original numbers.
+    Duplicate {
+        /// First sequence number of the original batch.
+        first_seq: u64,
+        /// Last sequence number of the original batch.
+        last_seq: u64,
+    },
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else appended first: reload and decide again.
+    #[error(
+        "conflict on contact {contact_id}: expected last sequence {expected}, log has {actual}"
+    )]
+    Conflict {
+        /// The contact.
+        contact_id: String,
+        /// The caller's idea of the last sequence number.
+        expected: u64,
+        /// The log's.
+        actual: u64,
+    },
+    /// An event is larger than [`MAX_EVENT_BYTES`].
+    #[error(
+        "event {contact_id}#{seq} is {bytes} bytes, over the {MAX_EVENT_BYTES}-byte limit of one stored event"
+    )]
+    TooLarge {
+        /// The contact.
+        contact_id: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// Its size.
+        bytes: usize,
+    },
+    /// The batch is not one contact's consecutive events.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// The backend failed (I/O, busy, unreachable); the call may be retried.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Which of a contact's events to read: sequence numbers `from..=to`, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    /// First sequence number wanted.
+    pub from: u64,
+    /// Last sequence number wanted (inclusive).
+    pub to: u64,
+    /// Most events returned.
+    pub max: usize,
+}
+
+impl SeqRange {
+    /// Everything from `from` on.
+    pub fn from(from: u64) -> Self {
+        Self {
+            from,
+            to: u64::MAX,
+            max: usize::MAX,
+        }
+    }
+
+    /// The whole log.
+    pub fn all() -> Self {
+        Self::from(1)
+    }
+}
+
+/// An event with its global position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Positioned {
+    /// Position in the store-wide order (increasing, not necessarily dense).
+    pub position: u64,
+    /// The event.
+    pub event: StoredEvent,
+}
+
+/// The append-only, per-contact event log.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` (one contact, consecutive sequence numbers, `events[0].seq - 1`
+    /// being the expected last sequence number) atomically; see the module docs.
+    async fn append(&self, events: &[StoredEvent]) -> Result<Appended, StoreError>;
+
+    /// A contact's events in `range`, in sequence order (empty for an unknown contact).
+    async fn read(&self, contact_id: &str, range: SeqRange)
+    -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The contact's last sequence number (0 when it has no events).
+    async fn highest_seq(&self, contact_id: &str) -> Result<u64, StoreError>;
+
+    /// Up to `max` events of any contact with a global position greater than `after`, in
+    /// position order.
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<Positioned>, StoreError>;
+}
+
+/// One row of the contacts read model: what `query contacts` lists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactRow {
+    /// The contact.
+    pub contact_id: String,
+    /// Connect instance, when known.
+    pub instance_id: Option<String>,
+    /// When the call began.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended (none while open).
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Whether any escalation was raised.
+    pub escalated: bool,
+    /// How many escalation episodes.
+    pub escalations: u32,
+    /// The smoothed customer sentiment, last known.
+    pub sentiment: Option<Label>,
+    /// Latest summary version (0 = none yet).
+    pub summary_version: u32,
+    /// Final utterances received.
+    pub utterances: u32,
+    /// Sequence number of the last event folded in.
+    pub last_seq: u64,
+}
+
+/// Which contacts `query contacts` wants.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContactFilter {
+    /// Only contacts with (true) or without (false) an escalation.
+    pub escalated: Option<bool>,
+    /// Started at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Started before.
+    pub until: Option<DateTime<Utc>>,
+    /// Last smoothed sentiment.
+    pub sentiment: Option<Label>,
+    /// Most rows returned (none = all).
+    pub limit: Option<usize>,
+}
+
+impl ContactFilter {
+    /// Whether `row` passes the filter (the in-memory store's query; others push it down).
+    pub fn matches(&self, row: &ContactRow) -> bool {
+        self.escalated.is_none_or(|e| row.escalated == e)
+            && self.sentiment.is_none_or(|s| row.sentiment == Some(s))
+            && self
+                .since
+                .is_none_or(|t| row.started_at.is_some_and(|s| s >= t))
+            && self
+                .until
+                .is_none_or(|t| row.started_at.is_some_and(|s| s < t))
+    }
+}
+
+/// Refuses what no store accepts, before any store looks at its log: an empty batch, events
+/// of several contacts, sequence numbers that do not start at 1 or more and run on by one,
+/// and any event over [`MAX_EVENT_BYTES`] (which refuses the whole batch).
+pub(crate) fn check_batch(events: &[StoredEvent]) -> Result<(), StoreError> {
+    let Some(first) = events.first() else {
+        return Err(StoreError::InvalidBatch("no events".into()));
+    };
+    if first.seq == 0 {
+        return Err(StoreError::InvalidBatch(format!(
+            "contact {}: sequence numbers start at 1",
+            first.contact_id
+        )));
+    }
+    for (expected_seq, event) in (first.seq..).zip(events) {
+        if event.contact_id != first.contact_id {
+            return Err(StoreError::InvalidBatch(format!(
+                "events of contacts {} and {} in one batch",
+                first.contact_id, event.contact_id
+            )));
+        }
+        if event.seq != expected_seq {
+            return Err(StoreError::InvalidBatch(format!(
+                "contact {}: sequence {} where {expected_seq} was due",
+                first.contact_id, event.seq
+            )));
+        }
+        let bytes = event.stored_len();
+        if bytes > MAX_EVENT_BYTES {
+            return Err(StoreError::TooLarge {
+                contact_id: event.contact_id.clone(),
+                seq: event.seq,
+                bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Read models derived from the log; they can be dropped and rebuilt at any time.
+#[async_trait]
+pub trait ProjectionStore: Send + Sync + 'static {
+    /// Global position of the last event folded in (0 = none).
+    async fn checkpoint(&self) -> Result<u64, StoreError>;
+
+    /// Saves rows and the new checkpoint atomically.
+    async fn save(&self, rows: &[ContactRow], checkpoint: u64) -> Result<(), StoreError>;
+
+    /// One contact's row.
+    async fn contact(&self, contact_id: &str) -> Result<Option<ContactRow>, StoreError>;
+
+    /// Rows passing `filter`, oldest start first.
+    async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError>;
+
+    /// Drops every row and the checkpoint (before a rebuild).
+    async fn reset(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,349 @@
+//! The actors with the in-memory store and scripted models: idle timeouts, restarts after
+//! a conflicting writer, retries, deadlines and coalescing in the model gateway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use callpulse::actors::attributes::{AttributeLog, AttributesConfig};
+use callpulse::actors::gateway::{Backends, GatewayConfig, ModelLimits};
+use callpulse::actors::router::Route;
+use callpulse::actors::summaries::SummaryFolder;
+use callpulse::actors::{Parts, Pipeline, PipelineConfig};
+use callpulse::events::rules::EscalationRules;
+use callpulse::events::{ChainHead, ContactEnded, EndReason, Event, StoredEvent};
+use callpulse::ingest::record::parse;
+use callpulse::ingest::{Incoming, Position};
+use callpulse::models::standin::StandInModel;
+use callpulse::models::{
+    CancellationToken, ModelError, Sentiment, SentimentClassifier, Summariser, Summary, Turn,
+};
+use callpulse::store::memory::{MemoryEventStore, MemoryProjectionStore};
+use callpulse::store::{EventStore, SeqRange};
+
+/// Answers like the stand-in after `latency`, but the first `failures` calls of each kind
+/// fail with a transient error.
+struct Scripted {
+    inner: StandInModel,
+    latency: Duration,
+    sentiment_failures: usize,
+    summary_failures: usize,
+    sentiment_calls: AtomicUsize,
+    summary_calls: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(latency_ms: u64, sentiment_failures: usize, summary_failures: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: StandInModel::new(Duration::ZERO),
+            latency: Duration::from_millis(latency_ms),
+            sentiment_failures,
+            summary_failures,
+            sentiment_calls: AtomicUsize::new(0),
+            summary_calls: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl SentimentClassifier for Scripted {
+    async fn classify(
+        &self,
+        utterance: &Turn,
+        context: &[Turn],
+        cancel: &CancellationToken,
+    ) -> Result<Sentiment, ModelError> {
+        tokio::time::sleep(self.latency).await;
+        if self.sentiment_calls.fetch_add(1, Ordering::SeqCst) < self.sentiment_failures {
+            return Err(ModelError::Inference("busy".into()));
+        }
+        self.inner.classify(utterance, context, cancel).await
+    }
+}
+
+#[async_trait]
+impl Summariser for Scripted {
+    async fn summarise(
+        &self,
+        turns: &[Turn],
+        cancel: &CancellationToken,
+    ) -> Result<Summary, ModelError> {
+        tokio::time::sleep(self.latency).await;
+        if self.summary_calls.fetch_add(1, Ordering::SeqCst) < self.summary_failures {
+            return Err(ModelError::Inference("throttled".into()));
+        }
+        self.inner.summarise(turns, cancel).await
+    }
+}
+
+struct Harness {
+    store: Arc<MemoryEventStore>,
+    pipeline: Pipeline,
+    _dir: tempfile::TempDir,
+}
+
+fn start(model: Arc<Scripted>, gateway: GatewayConfig, pipeline: PipelineConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryEventStore::new());
+    let parts = Parts {
+        store: store.clone(),
+        projections: Arc::new(MemoryProjectionStore::new()),
+        backends: Backends {
+            sentiment: model.clone(),
+            sentiment_id: "scripted".into(),
+            summariser: model,
+            summary_id: "scripted".into(),
+        },
+        attribute_sink: Arc::new(AttributeLog::open(dir.path().join("attributes.jsonl")).unwrap()),
+        summary_sink: Arc::new(SummaryFolder::new(dir.path().join("summaries"))),
+        rules: EscalationRules::default(),
+        pipeline,
+        gateway: GatewayConfig {
+            retry_base_ms: 5,
+            retry_max_ms: 20,
+            ..gateway
+        },
+        attributes: AttributesConfig::default(),
+    };
+    Harness {
+        store,
+        pipeline: Pipeline::start(parts),
+        _dir: dir,
+    }
+}
+
+fn incoming(line: &str, source_id: &str) -> Incoming {
+    Incoming {
+        record: parse(line).unwrap(),
+        source_id: source_id.into(),
+        position: Position {
+            source: "test".into(),
+            line: 1,
+        },
+    }
+}
+
+fn segment(contact: &str, id: &str, text: &str) -> Incoming {
+    incoming(
+        &format!(
+            r#"{{"type":"SEGMENT","contactId":"{contact}","segmentId":"{id}","participant":"CUSTOMER","transcript":"{text}","isPartial":false}}"#
+        ),
+        &format!("seg:{id}"),
+    )
+}
+
+fn end(contact: &str) -> Incoming {
+    incoming(
+        &format!(r#"{{"type":"ENDED","contactId":"{contact}"}}"#),
+        "ended",
+    )
+}
+
+impl Harness {
+    async fn send(&self, incoming: Incoming) {
+        self.pipeline
+            .router
+            .send(Route(incoming))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    async fn events(&self, contact: &str) -> Vec<Event> {
+        self.store
+            .read(contact, SeqRange::all())
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.decode().unwrap())
+            .collect()
+    }
+
+    /// Waits until `contact`'s log has an event of `kind` (or fails after 10 s).
+    async fn wait_for(&self, contact: &str, kind: &str) -> Vec<Event> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(contact).await;
+            if events.iter().any(|e| e.kind() == kind) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "no {kind} in {events:#?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn count(events: &[Event], kind: &str) -> usize {
+    events.iter().filter(|e| e.kind() == kind).count()
+}
+
+#[actix_rt::test]
+async fn a_silent_contact_ends_after_the_idle_timeout_and_is_summarised() {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig {
+            idle_timeout_secs: 1,
+            ..Default::default()
+        },
+    );
+    h.send(segment("quiet", "s1", "Hello?")).await;
+    let events = h.wait_for("quiet", "SummaryGenerated").await;
+    let ended = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ContactEnded(ended) => Some(ended.reason),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ended, EndReason::IdleTimeout);
+}
+
+#[actix_rt::test]
+async fn a_conflicting_writer_makes_the_contact_reload_and_nothing_is_lost_or_doubled() {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    h.send(segment("c", "s1", "This is terrible.")).await;
+    h.wait_for("c", "SentimentAssessed").await;
+    // Another writer appends behind the actor's back.
+    let log: Vec<StoredEvent> = h.store.read("c", SeqRange::all()).await.unwrap();
+    let mut head = ChainHead {
+        seq: log.last().unwrap().seq,
+        hash: log.last().unwrap().hash.clone(),
+    };
+    let foreign = head.seal(
+        "c",
+        Some("elsewhere"),
+        &Event::ContactEnded(ContactEnded {
+            ended_at: chrono::Utc::now(),
+            reason: EndReason::Ended,
+        }),
+        chrono::Utc::now(),
+    );
+    h.store.append(&[foreign]).await.unwrap();
+
+    // The actor's next append conflicts: it reports an error and restarts from the log.
+    let first = h
+        .pipeline
+        .router
+        .send(Route(segment("c", "s2", "Awful.")))
+        .await
+        .unwrap();
+    assert!(first.is_err(), "{first:?}");
+    // Retried, the record meets the reloaded state: the contact has ended meanwhile.
+    let retried = h
+        .pipeline
+        .router
+        .send(Route(segment("c", "s2", "Awful.")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(retried, Ok(callpulse::actors::contact::InputOutcome::Refused(ref why)) if why.contains("ended")),
+        "{retried:?}"
+    );
+    let events = h.wait_for("c", "SummaryGenerated").await;
+    assert_eq!(count(&events, "ContactEnded"), 1);
+    assert_eq!(count(&events, "SentimentAssessed"), 1);
+    assert_eq!(count(&events, "SummaryGenerated"), 1);
+    let mut check = ChainHead::default();
+    for stored in h.store.read("c", SeqRange::all()).await.unwrap() {
+        check.verify_next(&stored).unwrap();
+    }
+}
+
+#[actix_rt::test]
+async fn summaries_are_retried_through_a_throttling_storm_and_never_dropped() {
+    let model = Scripted::new(0, 0, 6);
+    let h = start(
+        model.clone(),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    h.send(segment("s", "s1", "Hi")).await;
+    h.send(end("s")).await;
+    let events = h.wait_for("s", "SummaryGenerated").await;
+    assert_eq!(count(&events, "SummaryGenerated"), 1);
+    assert_eq!(model.summary_calls.load(Ordering::SeqCst), 7);
+}
+
+#[actix_rt::test]
+async fn sentiment_that_keeps_failing_is_recorded_as_skipped() {
+    let h = start(
+        Scripted::new(0, 100, 0),
+        GatewayConfig {
+            sentiment_attempts: 3,
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    h.send(segment("f", "s1", "Hello")).await;
+    let events = h.wait_for("f", "ModelCallSkipped").await;
+    let Some(Event::ModelCallSkipped(skipped)) =
+        events.iter().find(|e| e.kind() == "ModelCallSkipped")
+    else {
+        unreachable!()
+    };
+    assert_eq!(skipped.segment_ids, ["s1"]);
+    assert!(skipped.why.contains("busy"), "{}", skipped.why);
+}
+
+#[actix_rt::test]
+async fn a_backlog_past_its_deadline_is_skipped_and_recorded() {
+    let h = start(
+        Scripted::new(300, 0, 0),
+        GatewayConfig {
+            sentiment_deadline_ms: 100,
+            limits: ModelLimits {
+                concurrency: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    for contact in ["a", "b", "c"] {
+        h.send(segment(contact, "s1", "Hello")).await;
+    }
+    let judged = h.wait_for("a", "SentimentAssessed").await;
+    assert_eq!(count(&judged, "ModelCallSkipped"), 0, "the first one runs");
+    for contact in ["b", "c"] {
+        let events = h.wait_for(contact, "ModelCallSkipped").await;
+        assert_eq!(count(&events, "SentimentAssessed"), 0);
+    }
+}
+
+#[actix_rt::test]
+async fn a_contacts_queued_utterances_are_judged_together() {
+    let h = start(
+        Scripted::new(200, 0, 0),
+        GatewayConfig {
+            limits: ModelLimits {
+                concurrency: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    h.send(segment("busy", "s0", "Hello")).await; // occupies the model
+    for id in ["s1", "s2", "s3"] {
+        h.send(segment("q", id, "This is ridiculous")).await;
+    }
+    let events = h.wait_for("q", "SentimentAssessed").await;
+    let Some(Event::SentimentAssessed(judged)) =
+        events.iter().find(|e| e.kind() == "SentimentAssessed")
+    else {
+        unreachable!()
+    };
+    assert_eq!(judged.segment_id, "s3");
+    assert_eq!(judged.coalesced, ["s1", "s2"]);
+    assert_eq!(
+        count(&events, "EscalationRaised"),
+        0,
+        "one judgement, one window entry"
+    );
+}
