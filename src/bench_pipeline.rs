@@ -685,11 +685,11 @@ pub async fn pipeline(
 ) -> anyhow::Result<PipelineBench> {
     let shape = Shape::new(options.calls, options.utterances_per_call)?;
     let (config, overrides) = bench_config(config, options.model);
-    let backends = app::backends(&config)?;
+    let backends = app::backends(&config).await?;
     let model = backends.sentiment_id.clone();
     let dir = tempfile::tempdir().context("creating a temporary data directory")?;
     let data = DataDir::open(dir.path())?;
-    let parts = app::parts(&config, &data, backends)?;
+    let parts = app::parts(&config, &data, backends).await?;
     let store = parts.store.clone();
     let pipeline = Pipeline::start(parts);
     let rejects = RejectLog::open(&data.reject_log())

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::actors::PipelineConfig;
 use crate::actors::attributes::AttributesConfig;
 use crate::actors::gateway::GatewayConfig;
+use crate::actors::s3::S3Config;
 use crate::events::rules::EscalationRules;
+use crate::models::bedrock::BedrockConfig;
 use crate::models::local::LocalConfig;
+use crate::store::dynamodb::DynamoConfig;
 
 /// The built-in defaults.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -26,21 +29,69 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// `[gateway]`: model call limits, deadlines, retries.
     pub gateway: GatewayConfig,
-    /// `[attributes]`: the attribute sink's rate and retries.
+    /// `[attributes]`: where escalations go, at what rate, with what retries.
     pub attributes: AttributesConfig,
+    /// `[store]`: where the event log and read models live.
+    pub store: StoreConfig,
+    /// `[summaries]`: where summaries are saved.
+    pub summaries: SummariesConfig,
+}
+
+/// The `[store]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (in the data directory) or `dynamodb`.
+    pub kind: StoreKind,
+    /// `[store.dynamodb]`: tables and endpoint.
+    pub dynamodb: DynamoConfig,
+}
+
+/// Which event store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// SQLite file in the data directory.
+    #[default]
+    Sqlite,
+    /// DynamoDB tables.
+    Dynamodb,
+}
+
+/// The `[summaries]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SummariesConfig {
+    /// `folder` (`summaries/` in the data directory) or `s3`.
+    pub sink: SummarySinkKind,
+    /// `[summaries.s3]`: bucket, prefix, endpoint (required with `sink = "s3"`).
+    pub s3: Option<S3Config>,
+}
+
+/// Where summaries go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SummarySinkKind {
+    /// JSON and Markdown files in the data directory.
+    #[default]
+    Folder,
+    /// S3 objects.
+    S3,
 }
 
 /// The `[models]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
-    /// Which backend judges and summarises: `local` (the GGUF below) or `stand-in` (a
-    /// fixed-latency stand-in for benchmarks; not a model).
+    /// Which backend judges and summarises: `local` (the GGUF below), `bedrock`, or
+    /// `stand-in` (a fixed-latency stand-in for benchmarks; not a model).
     pub backend: Backend,
     /// Latency of the stand-in, ms.
     pub stand_in_latency_ms: u64,
     /// `[models.local]`: the in-process GGUF backend.
     pub local: LocalConfig,
+    /// `[models.bedrock]`: Amazon Bedrock models.
+    pub bedrock: BedrockConfig,
 }
 
 impl Default for ModelsConfig {
@@ -49,6 +100,7 @@ impl Default for ModelsConfig {
             backend: Backend::Local,
             stand_in_latency_ms: 300,
             local: LocalConfig::default(),
+            bedrock: BedrockConfig::default(),
         }
     }
 }
@@ -62,6 +114,8 @@ pub enum Backend {
     Local,
     /// The fixed-latency stand-in.
     StandIn,
+    /// Amazon Bedrock (`[models.bedrock]`).
+    Bedrock,
 }
 
 impl Config {
@@ -97,6 +151,9 @@ impl Config {
             )
         })?;
         config.escalation.validate().map_err(anyhow::Error::msg)?;
+        if config.store.kind == StoreKind::Dynamodb {
+            config.store.dynamodb.validate()?;
+        }
         Ok(config)
     }
 }
@@ -140,6 +197,24 @@ mod tests {
     fn defaults_parse_and_match_the_code_defaults() {
         let config = Config::load(None).unwrap();
         assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn the_aws_example_selects_every_aws_adapter() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/aws.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.store.kind, StoreKind::Dynamodb);
+        assert_eq!(config.models.backend, Backend::Bedrock);
+        assert_eq!(
+            config.attributes.sink,
+            crate::actors::attributes::AttributeSinkKind::Connect
+        );
+        assert!(config.attributes.connect.is_some());
+        assert_eq!(config.summaries.sink, SummarySinkKind::S3);
+        assert_eq!(
+            config.models.bedrock.sentiment_model,
+            "amazon.nova-micro-v1:0"
+        );
     }
 
     #[test]

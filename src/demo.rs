@@ -127,7 +127,7 @@ pub async fn run(config: &Config, path: &Path, out: &mut impl Write) -> anyhow::
         .tempdir()?
         .keep();
     let data = DataDir::open(&root)?;
-    let backends = app::backends(config)?;
+    let backends = app::backends(config).await?;
     eprintln!(
         "model: {}; event log, summaries and attribute log in {}",
         backends.sentiment_id,
@@ -145,7 +145,7 @@ pub async fn run(config: &Config, path: &Path, out: &mut impl Write) -> anyhow::
         },
     )
     .await?;
-    let (events, projections) = data.stores()?;
+    let (events, projections) = app::stores(config, &data).await?;
     let contacts = projections.contacts(&ContactFilter::default()).await?;
     for contact in &contacts {
         writeln!(

@@ -4,6 +4,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod aws;
 pub mod bench;
 pub mod bench_pipeline;
 pub mod config;

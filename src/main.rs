@@ -98,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// The event store.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Measure model quality on labelled data (see ../shared/eval/README.md).
     Eval {
         #[command(subcommand)]
@@ -144,6 +149,12 @@ enum QueryWhat {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Create the configured DynamoDB tables if they are missing (SQLite needs nothing).
+    Init,
 }
 
 #[derive(Subcommand)]
@@ -298,7 +309,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             settle_timeout,
         } => {
             let data = DataDir::open(&data_dir)?;
-            let backends = callpulse::app::backends(&config)?;
+            let backends = callpulse::app::backends(&config).await?;
             let stats = callpulse::app::run::run(
                 &config,
                 &data,
@@ -327,19 +338,19 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             dry_run,
         } => {
             let data = DataDir::open(&data_dir)?;
-            let (events, projections) = data.stores()?;
-            let backends = callpulse::app::backends(&config)?;
+            let (events, projections) = callpulse::app::stores(&config, &data).await?;
+            let backends = callpulse::app::backends(&config).await?;
             let target = match contact_id {
                 Some(id) => ReplayTarget::Contact(id),
                 None => ReplayTarget::All { since },
             };
-            let sink = callpulse::actors::summaries::SummaryFolder::new(data.summaries());
+            let sink = callpulse::app::summary_sink(&config, &data).await?;
             let report = replay::replay(
                 events.as_ref(),
                 projections.as_ref(),
                 backends.summariser.as_ref(),
                 std::sync::Arc::new(config.escalation.clone()),
-                &sink,
+                sink.as_ref(),
                 &target,
                 dry_run,
                 &mut std::io::stdout(),
@@ -349,7 +360,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
         }
         Command::Query { what } => {
             let data = DataDir::open(&data_dir)?;
-            let (events, projections) = data.stores()?;
+            let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let mut out = std::io::stdout();
             match what {
                 QueryWhat::Contacts {
@@ -381,18 +392,35 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
         }
         Command::Verify { contact_id } => {
             let data = DataDir::open(&data_dir)?;
-            let (events, _) = data.stores()?;
+            let (events, _) = callpulse::app::stores(&config, &data).await?;
             let report = verify::verify(events.as_ref(), contact_id.as_deref()).await?;
             println!("{report}");
             if !report.is_ok() {
                 std::process::exit(1);
             }
         }
+        Command::Store {
+            action: StoreAction::Init,
+        } => match config.store.kind {
+            callpulse::config::StoreKind::Sqlite => {
+                let data = DataDir::open(&data_dir)?;
+                data.stores()?;
+                println!("SQLite store ready at {}", data.database().display());
+            }
+            callpulse::config::StoreKind::Dynamodb => {
+                let dynamo = &config.store.dynamodb;
+                callpulse::store::dynamodb::create_tables(&dynamo.client().await, dynamo).await?;
+                println!(
+                    "DynamoDB tables {} and {} ready",
+                    dynamo.events_table, dynamo.projections_table
+                );
+            }
+        },
         Command::Projections {
             action: ProjectionsAction::Rebuild,
         } => {
             let data = DataDir::open(&data_dir)?;
-            let (events, projections) = data.stores()?;
+            let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let n = query::rebuild_projections(events.as_ref(), projections.as_ref()).await?;
             println!("read models rebuilt from {n} events");
         }

@@ -22,6 +22,10 @@ use crate::metrics::metrics;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AttributesConfig {
+    /// Where attributes go: `log` (`attributes.jsonl` in the data directory) or `connect`.
+    pub sink: AttributeSinkKind,
+    /// `[attributes.connect]`: the Connect instance (required with `sink = "connect"`).
+    pub connect: Option<super::connect::ConnectConfig>,
     /// Updates per second, across contacts (Connect's account quota is a few per second).
     pub requests_per_second: u32,
     /// Tries per update before it is recorded as failed.
@@ -30,9 +34,22 @@ pub struct AttributesConfig {
     pub retry_base_ms: u64,
 }
 
+/// Where attributes go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttributeSinkKind {
+    /// The attribute log file.
+    #[default]
+    Log,
+    /// Amazon Connect UpdateContactAttributes.
+    Connect,
+}
+
 impl Default for AttributesConfig {
     fn default() -> Self {
         Self {
+            sink: AttributeSinkKind::Log,
+            connect: None,
             requests_per_second: 5,
             max_attempts: 5,
             retry_base_ms: 500,
@@ -239,8 +256,9 @@ impl AttributeDispatcher {
     fn enqueue_pending(&mut self, contact: String, mut pending: Pending) {
         match self.pending.get_mut(&contact) {
             Some(waiting) => {
-                pending.requests.append(&mut waiting.requests);
-                waiting.requests = pending.requests;
+                waiting.requests.append(&mut pending.requests);
+                // Event order (sequence numbers grow within a contact): later values win.
+                waiting.requests.sort_by_key(|r| r.for_seq);
                 waiting.attempts = waiting.attempts.max(pending.attempts);
             }
             None => {

@@ -433,6 +433,7 @@ impl ModelGateway {
                         latency_ms,
                         tokens_in: s.usage.input_tokens,
                         tokens_out: s.usage.output_tokens,
+                        cost_usd: s.cost_usd,
                     }));
                 }
                 Err(ModelError::Cancelled) => {}

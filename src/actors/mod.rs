@@ -3,11 +3,13 @@
 //! AttributeDispatcher and SummarySink for effects; Projector for read models.
 
 pub mod attributes;
+pub mod connect;
 pub mod contact;
 pub mod feed;
 pub mod gateway;
 pub mod projector;
 pub mod router;
+pub mod s3;
 pub mod summaries;
 
 use std::sync::Arc;

@@ -4,6 +4,9 @@
 pub mod query;
 pub mod replay;
 pub mod run;
+
+#[cfg(test)]
+mod aws_tests;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -13,12 +16,16 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::actors::Parts;
-use crate::actors::attributes::AttributeLog;
+use crate::actors::attributes::{AttributeLog, AttributeSink, AttributeSinkKind};
+use crate::actors::connect::ConnectSink;
 use crate::actors::gateway::Backends;
-use crate::actors::summaries::SummaryFolder;
-use crate::config::{Backend, Config};
+use crate::actors::s3::S3SummarySink;
+use crate::actors::summaries::{SummaryFolder, SummarySink};
+use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
+use crate::models::bedrock::BedrockModel;
 use crate::models::local::LocalModel;
 use crate::models::standin::StandInModel;
+use crate::store::dynamodb::{DynamoEventStore, DynamoProjectionStore};
 use crate::store::sqlite::SqliteDb;
 use crate::store::{EventStore, ProjectionStore};
 
@@ -79,8 +86,69 @@ impl DataDir {
     }
 }
 
+/// The configured event log and read models: SQLite in `data`, or DynamoDB.
+pub async fn stores(
+    config: &Config,
+    data: &DataDir,
+) -> anyhow::Result<(Arc<dyn EventStore>, Arc<dyn ProjectionStore>)> {
+    match config.store.kind {
+        StoreKind::Sqlite => data.stores(),
+        StoreKind::Dynamodb => {
+            let dynamo = &config.store.dynamodb;
+            let client = dynamo.client().await;
+            Ok((
+                Arc::new(DynamoEventStore::new(client.clone(), &dynamo.events_table)),
+                Arc::new(DynamoProjectionStore::new(
+                    client,
+                    &dynamo.projections_table,
+                )),
+            ))
+        }
+    }
+}
+
+/// The configured attribute sink: the log in `data`, or Amazon Connect.
+pub async fn attribute_sink(
+    config: &Config,
+    data: &DataDir,
+) -> anyhow::Result<Arc<dyn AttributeSink>> {
+    Ok(match config.attributes.sink {
+        AttributeSinkKind::Log => {
+            let path = data.attribute_log();
+            Arc::new(
+                AttributeLog::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            )
+        }
+        AttributeSinkKind::Connect => {
+            let connect = config.attributes.connect.as_ref().context(
+                "[attributes] sink = \"connect\" needs [attributes.connect] instance_id",
+            )?;
+            Arc::new(
+                ConnectSink::new(connect)
+                    .await
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+    })
+}
+
+/// The configured summary sink: the folder in `data`, or S3.
+pub async fn summary_sink(config: &Config, data: &DataDir) -> anyhow::Result<Arc<dyn SummarySink>> {
+    Ok(match config.summaries.sink {
+        SummarySinkKind::Folder => Arc::new(SummaryFolder::new(data.summaries())),
+        SummarySinkKind::S3 => {
+            let s3 = config
+                .summaries
+                .s3
+                .as_ref()
+                .context("[summaries] sink = \"s3\" needs [summaries.s3] bucket")?;
+            Arc::new(S3SummarySink::new(s3).await.map_err(anyhow::Error::msg)?)
+        }
+    })
+}
+
 /// The configured models.
-pub fn backends(config: &Config) -> anyhow::Result<Backends> {
+pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
     Ok(match config.models.backend {
         Backend::Local => {
             let model = Arc::new(LocalModel::load(config.models.local.clone())?);
@@ -104,21 +172,28 @@ pub fn backends(config: &Config) -> anyhow::Result<Backends> {
                 summary_id: id,
             }
         }
+        Backend::Bedrock => {
+            let bedrock = &config.models.bedrock;
+            let model = Arc::new(BedrockModel::new(bedrock).await);
+            Backends {
+                sentiment: model.clone(),
+                sentiment_id: bedrock.sentiment_model.clone(),
+                summariser: model,
+                summary_id: bedrock.summary_model.clone(),
+            }
+        }
     })
 }
 
 /// Everything a pipeline over `data` needs, models included.
-pub fn parts(config: &Config, data: &DataDir, backends: Backends) -> anyhow::Result<Parts> {
-    let (store, projections) = data.stores()?;
-    let attribute_log = data.attribute_log();
-    let attribute_sink = AttributeLog::open(&attribute_log)
-        .with_context(|| format!("opening {}", attribute_log.display()))?;
+pub async fn parts(config: &Config, data: &DataDir, backends: Backends) -> anyhow::Result<Parts> {
+    let (store, projections) = stores(config, data).await?;
     Ok(Parts {
         store,
         projections,
         backends,
-        attribute_sink: Arc::new(attribute_sink),
-        summary_sink: Arc::new(SummaryFolder::new(data.summaries())),
+        attribute_sink: attribute_sink(config, data).await?,
+        summary_sink: summary_sink(config, data).await?,
         rules: config.escalation.clone(),
         pipeline: config.pipeline.clone(),
         gateway: config.gateway.clone(),

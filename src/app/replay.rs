@@ -72,7 +72,7 @@ pub fn summary_event(version: u32, summary: Summary) -> SummaryGenerated {
         chunks: summary.chunks,
         tokens_in: summary.usage.input_tokens,
         tokens_out: summary.usage.output_tokens,
-        cost_usd: None,
+        cost_usd: summary.cost_usd,
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn run(
     backends: Backends,
     inputs: Inputs,
 ) -> anyhow::Result<FeedStats> {
-    let pipeline = Pipeline::start(super::parts(config, data, backends)?);
+    let pipeline = Pipeline::start(super::parts(config, data, backends).await?);
     pipeline
         .resume_unfinished()
         .await

@@ -121,6 +121,7 @@ impl Summariser for LeadTurns {
             prompt_version: 0,
             chunks: 1,
             usage: Usage::default(),
+            cost_usd: None,
         })
     }
 }

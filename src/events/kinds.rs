@@ -111,6 +111,9 @@ pub struct SentimentAssessed {
     pub tokens_in: u32,
     /// Generated tokens.
     pub tokens_out: u32,
+    /// Model cost in USD, where the model has a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// The contact's smoothed customer sentiment moved.

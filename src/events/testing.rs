@@ -21,5 +21,6 @@ pub fn judgement(segment_id: &str, participant: Participant, negative: f32) -> S
         latency_ms: 1,
         tokens_in: 1,
         tokens_out: 0,
+        cost_usd: None,
     }
 }

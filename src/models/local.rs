@@ -28,7 +28,7 @@ use super::prompts::{
     ChatFrame, LABEL_WORDS, PROMPT_VERSION, Piece, Prompt, SENTIMENT_SYSTEM, SUMMARY_FIELDS,
     SUMMARY_SYSTEM, Subject, USER_PLACEHOLDER, sentiment_prompt, summary_prompt, summary_subjects,
 };
-use super::summary::{bullets, chunk_turns, merge_notes, validate_field};
+use super::summary::{bullets, chunk_turns, merge_notes, spoken_turns, validate_field};
 use super::{
     CancellationToken, LabelScores, ModelError, Sentiment, SentimentClassifier, Summariser,
     Summary, Turn, Usage,
@@ -536,6 +536,7 @@ impl<'m> Session<'m> {
             scores,
             model_id: self.info.id.clone(),
             usage: f.usage,
+            cost_usd: None,
         })
     }
 
@@ -545,16 +546,7 @@ impl<'m> Session<'m> {
         turns: &[Turn],
         cancel: &CancellationToken,
     ) -> Result<Summary, ModelError> {
-        let turns: Vec<Turn> = turns
-            .iter()
-            .filter(|t| !t.text.trim().is_empty())
-            .cloned()
-            .collect();
-        if turns.is_empty() {
-            return Err(ModelError::InvalidOutput(
-                "the call has no transcript to summarise".into(),
-            ));
-        }
+        let turns = spoken_turns(turns)?;
         let subjects = summary_subjects(&turns);
         let mut usage = Usage::default();
         let budget = self.transcript_budget();
@@ -589,6 +581,7 @@ impl<'m> Session<'m> {
             prompt_version: PROMPT_VERSION,
             chunks: n_chunks,
             usage,
+            cost_usd: None,
         })
     }
 

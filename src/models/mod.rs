@@ -4,6 +4,7 @@
 //! Both are async, cancellable through a [`CancellationToken`], and report the tokens they
 //! used so that callers can account for cost and rate limits.
 
+pub mod bedrock;
 pub mod fetch;
 pub mod head;
 pub mod local;
@@ -150,6 +151,8 @@ pub struct Sentiment {
     pub model_id: String,
     /// Tokens used.
     pub usage: Usage,
+    /// What the call cost in USD, where the model has a price (Bedrock); `None` otherwise.
+    pub cost_usd: Option<f64>,
 }
 
 /// A call summary: three bullet points plus structured fields.
@@ -173,6 +176,8 @@ pub struct Summary {
     pub chunks: usize,
     /// Tokens used, including every chunk and retry.
     pub usage: Usage,
+    /// What all its calls cost in USD, where the model has a price (Bedrock); `None` otherwise.
+    pub cost_usd: Option<f64>,
 }
 
 /// What can go wrong in a model call.
@@ -196,9 +201,18 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The inference engine failed.
+    /// The inference engine failed, or the model service failed or could not be reached
+    /// (a 5xx, a timeout, a dropped connection): worth trying again.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The model service asked us to slow down (throttling, a quota, a model still loading
+    /// or timing out): worth trying again after a backoff.
+    #[error("model throttled: {0}")]
+    Throttled(String),
+    /// The model service refused the request (validation, access, unknown model, an error
+    /// inside the model): trying the same request again will not help.
+    #[error("model call rejected: {0}")]
+    Rejected(String),
     /// The model answered, but the answer did not pass validation.
     #[error("model output rejected: {0}")]
     InvalidOutput(String),
@@ -214,7 +228,7 @@ impl ModelError {
     /// Whether trying again later may succeed (the engine hiccuped or is overloaded), as
     /// opposed to a wrong setup or an answer that will not change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ModelError::Inference(_))
+        matches!(self, ModelError::Inference(_) | ModelError::Throttled(_))
     }
 }
 

@@ -95,6 +95,7 @@ impl SentimentClassifier for StandInModel {
             scores: LabelScores::from_probs(probs),
             model_id: self.id.clone(),
             usage: usage(&utterance.text),
+            cost_usd: None,
         })
     }
 }
@@ -133,6 +134,7 @@ impl Summariser for StandInModel {
             model_id: self.id.clone(),
             prompt_version: 0,
             chunks: 1,
+            cost_usd: None,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Summary post-processing that needs no model: output validation, chunking of long calls,
 //! and the rendering of bullets and merge notes.
 
-use super::Turn;
+use super::{ModelError, Turn};
 
 /// Why a generated field was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +160,22 @@ pub fn merge_notes(parts: &[[String; 3]]) -> Vec<Turn> {
             )
         })
         .collect()
+}
+
+/// The turns with something said, or an error when there are none: an empty call has
+/// nothing to summarise.
+pub fn spoken_turns(turns: &[Turn]) -> Result<Vec<Turn>, ModelError> {
+    let spoken: Vec<Turn> = turns
+        .iter()
+        .filter(|t| !t.text.trim().is_empty())
+        .cloned()
+        .collect();
+    if spoken.is_empty() {
+        return Err(ModelError::InvalidOutput(
+            "the call has no transcript to summarise".into(),
+        ));
+    }
+    Ok(spoken)
 }
 
 #[cfg(test)]

@@ -5,7 +5,11 @@
 //! Case 22 (a process killed during a batch) is checked for SQLite by really killing a child
 //! process mid-write ([`sqlite_kill_during_batches_leaves_whole_batches`]). The in-memory
 //! store applies a batch under one lock after every check, and a killed process takes its
-//! whole log with it, so there is nothing to check there.
+//! whole log with it, so there is nothing to check there. DynamoDB writes a batch as one
+//! `TransactWriteItems`, which the service applies whole or not at all whatever happens to
+//! the process that sent it, so there is nothing of ours to check either.
+//!
+//! The DynamoDB stores run on the moto server, each test on tables of its own.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use tokio::sync::Barrier;
 
+use super::dynamodb::{DynamoConfig, DynamoEventStore, DynamoProjectionStore, create_tables};
 use super::memory::{MemoryEventStore, MemoryProjectionStore};
 use super::projection::catch_up;
 use super::sqlite::{SqliteDb, SqliteEventStore, SqliteProjectionStore};
@@ -81,6 +86,104 @@ impl Backend for Sqlite {
     }
 }
 
+/// Fresh tables on the moto server; every call opens new stores on them (a reload).
+///
+/// moto applies a transaction by snapshotting the tables it touches and restoring the
+/// snapshot when a condition fails, so two transactions at once on one table can lose or
+/// leak each other's writes (or fail on a table changing under the snapshot). DynamoDB
+/// applies each request atomically; the backend gets that from moto through
+/// [`one_at_a_time`], which still lets writers race between requests.
+struct Dynamo {
+    client: aws_sdk_dynamodb::Client,
+    config: DynamoConfig,
+}
+
+impl Dynamo {
+    async fn new() -> Self {
+        use crate::aws::moto;
+        let sdk = moto::config().await;
+        let client = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .endpoint_url(one_at_a_time())
+                .build(),
+        );
+        let config = DynamoConfig {
+            events_table: moto::unique_name("events"),
+            projections_table: moto::unique_name("projections"),
+            ..DynamoConfig::default()
+        };
+        create_tables(&client, &config)
+            .await
+            .expect("create the tables");
+        Self { client, config }
+    }
+}
+
+/// An endpoint in front of the moto server that forwards one request at a time: one thread
+/// reads a request, has moto answer it, passes the answer back and closes the connection.
+fn one_at_a_time() -> &'static str {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+        let moto = crate::aws::moto::endpoint().trim_start_matches("http://");
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let forwarded = client.and_then(|mut client| {
+                    let mut server = std::net::TcpStream::connect(moto)?;
+                    for stream in [&client, &server] {
+                        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+                    }
+                    std::io::Write::write_all(&mut server, &read_message(&mut client)?)?;
+                    std::io::Write::write_all(&mut client, &read_message(&mut server)?)
+                });
+                if let Err(error) = forwarded {
+                    eprintln!("moto proxy: {error}");
+                }
+            }
+        });
+        endpoint
+    })
+}
+
+/// One HTTP/1.1 message from `stream`: the head, and a body of its `Content-Length`.
+fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut message = Vec::new();
+    let mut byte = [0u8; 1];
+    while !message.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        message.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&message).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(Ok(0), |n| n.trim().parse::<usize>())
+        .map_err(std::io::Error::other)?;
+    let start = message.len();
+    message.resize(start + length, 0);
+    stream.read_exact(&mut message[start..])?;
+    Ok(message)
+}
+
+impl Backend for Dynamo {
+    fn events(&self) -> Arc<dyn EventStore> {
+        Arc::new(DynamoEventStore::new(
+            self.client.clone(),
+            &self.config.events_table,
+        ))
+    }
+    fn projections(&self) -> Arc<dyn ProjectionStore> {
+        Arc::new(DynamoProjectionStore::new(
+            self.client.clone(),
+            &self.config.projections_table,
+        ))
+    }
+}
+
 /// One `#[tokio::test]` per case for a backend, in a module named after it.
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
@@ -113,6 +216,7 @@ macro_rules! conformance {
 
 conformance!(memory, super::Memory::new());
 conformance!(sqlite, super::Sqlite::new());
+conformance!(dynamodb, super::Dynamo::new().await);
 
 fn utterance(text: &str) -> Event {
     Event::UtteranceReceived(UtteranceReceived {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::{
     Appended, ContactFilter, ContactRow, EventStore, Positioned, ProjectionStore, SeqRange,
-    StoreError, check_batch,
+    StoreError, check_batch, sort_contacts,
 };
 use crate::events::StoredEvent;
 
@@ -196,14 +196,7 @@ impl ProjectionStore for MemoryProjectionStore {
             .filter(|row| filter.matches(row))
             .cloned()
             .collect();
-        // Oldest start first, contacts not yet started last, ties by contact id (as SQLite).
-        rows.sort_by(|a, b| {
-            (a.started_at.is_none(), a.started_at, &a.contact_id).cmp(&(
-                b.started_at.is_none(),
-                b.started_at,
-                &b.contact_id,
-            ))
-        });
+        sort_contacts(&mut rows);
         rows.truncate(filter.limit.unwrap_or(usize::MAX));
         Ok(rows)
     }

@@ -1,5 +1,6 @@
 //! Where events and read models live: the [`EventStore`] and [`ProjectionStore`] traits and
-//! their implementations (SQLite for one machine, in-memory for tests and benchmarks).
+//! their implementations (SQLite for one machine, DynamoDB for the fleet, in-memory for tests
+//! and benchmarks).
 //!
 //! Semantics every implementation keeps (DESIGN.md, "Store semantics"; the conformance
 //! suite in `store::conformance` checks them):
@@ -10,7 +11,11 @@
 //!   already in the contact's log is a no-op that returns the original sequence numbers, so
 //!   at-least-once transports give exactly-once effects.
 //! - Every event also gets a global position, increasing in commit order, for projections.
+//!   Where positions are assigned before the commit (DynamoDB), an event can appear a little
+//!   behind positions already read: [`EventStore::replay_window`] says how far, and readers
+//!   catching up re-read that far behind their checkpoint.
 
+pub mod dynamodb;
 pub mod memory;
 pub mod projection;
 pub mod sqlite;
@@ -136,6 +141,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Up to `max` events of any contact with a global position greater than `after`, in
     /// position order.
     async fn read_all(&self, after: u64, max: usize) -> Result<Vec<Positioned>, StoreError>;
+
+    /// How many positions behind a checkpoint a reader of [`read_all`](Self::read_all) must
+    /// look again, because an event can become visible there after later positions were
+    /// read. 0 (the default) for stores whose positions follow the commit order.
+    fn replay_window(&self) -> u64 {
+        0
+    }
 }
 
 /// One row of the contacts read model: what `query contacts` lists.
@@ -191,6 +203,18 @@ impl ContactFilter {
                 .until
                 .is_none_or(|t| row.started_at.is_some_and(|s| s < t))
     }
+}
+
+/// Sorts rows as [`ProjectionStore::contacts`] returns them: oldest start first, contacts
+/// not yet started last, ties by contact id.
+pub(crate) fn sort_contacts(rows: &mut [ContactRow]) {
+    rows.sort_by(|a, b| {
+        (a.started_at.is_none(), a.started_at, &a.contact_id).cmp(&(
+            b.started_at.is_none(),
+            b.started_at,
+            &b.contact_id,
+        ))
+    });
 }
 
 /// Refuses what no store accepts, before any store looks at its log: an empty batch, events

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use super::{ContactRow, EventStore, ProjectionStore, StoreError};
+use super::{ContactRow, EventStore, ProjectionStore, SeqRange, StoreError};
 use crate::events::{Event, StoredEvent};
 
 /// Folds one event (`event`, with `body` its decoded body) into its contact's row.
@@ -39,19 +39,26 @@ pub fn fold(row: &mut ContactRow, event: &StoredEvent, body: &Event) {
 }
 
 /// Folds every event after the projection's checkpoint into its rows, `batch` events a round
-/// (each round's rows saved together with its checkpoint), until the projection has caught
-/// up with the log. Returns how many events were folded.
+/// (each round's changed rows saved together with its checkpoint), until the projection has
+/// caught up with the log. Returns how many events were folded.
+///
+/// It reads from [`EventStore::replay_window`] positions before the checkpoint, so events
+/// that became visible behind it since the last round (DynamoDB) are folded too; the
+/// checkpoint itself never moves back. Events a row already holds (by `last_seq`) are not
+/// folded twice, and an event further on than the row's next one is folded after the
+/// events between, read from the contact's log: rows never skip an event, whatever order
+/// the global read returns a contact's events in.
 ///
 /// An event whose body cannot be decoded is skipped with a warning: the log itself is
-/// intact, and `verify` reports it. Events a row already holds (by `last_seq`) are not
-/// folded twice.
+/// intact, and `verify` reports it.
 pub async fn catch_up(
     events: &dyn EventStore,
     projections: &dyn ProjectionStore,
     batch: usize,
 ) -> Result<u64, StoreError> {
     let batch = batch.max(1);
-    let mut position = projections.checkpoint().await?;
+    let mut checkpoint = projections.checkpoint().await?;
+    let mut position = checkpoint.saturating_sub(events.replay_window());
     let mut folded = 0;
     loop {
         let page = events.read_all(position, batch).await?;
@@ -59,37 +66,64 @@ pub async fn catch_up(
             return Ok(folded);
         };
         position = last.position;
-        let mut rows: HashMap<String, ContactRow> = HashMap::new();
+        // Each contact's row, and its `last_seq` as loaded.
+        let mut rows: HashMap<String, (ContactRow, u64)> = HashMap::new();
         for item in &page {
             let event = &item.event;
-            let row = match rows.entry(event.contact_id.clone()) {
+            let (row, _) = match rows.entry(event.contact_id.clone()) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
                     let row = projections.contact(&event.contact_id).await?;
-                    entry.insert(row.unwrap_or_else(|| ContactRow {
+                    let row = row.unwrap_or_else(|| ContactRow {
                         contact_id: event.contact_id.clone(),
                         ..ContactRow::default()
-                    }))
+                    });
+                    let loaded = row.last_seq;
+                    entry.insert((row, loaded))
                 }
             };
             if event.seq <= row.last_seq {
                 continue;
             }
-            match event.decode() {
-                Ok(body) => {
-                    fold(row, event, &body);
-                    folded += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, position = item.position, "event skipped by the contacts projection");
-                    row.last_seq = event.seq;
+            if event.seq > row.last_seq + 1 {
+                let between = SeqRange {
+                    from: row.last_seq + 1,
+                    to: event.seq - 1,
+                    max: usize::MAX,
+                };
+                for missing in events.read(&event.contact_id, between).await? {
+                    folded += fold_stored(row, &missing);
                 }
             }
+            folded += fold_stored(row, event);
         }
-        let rows: Vec<ContactRow> = rows.into_values().collect();
-        projections.save(&rows, position).await?;
+        let changed: Vec<ContactRow> = rows
+            .into_values()
+            .filter(|(row, loaded)| row.last_seq != *loaded)
+            .map(|(row, _)| row)
+            .collect();
+        if !changed.is_empty() || position > checkpoint {
+            checkpoint = checkpoint.max(position);
+            projections.save(&changed, checkpoint).await?;
+        }
         if page.len() < batch {
             return Ok(folded);
+        }
+    }
+}
+
+/// Folds `event` into `row` when its body decodes (returns 1); skips it with a warning
+/// otherwise (returns 0).
+fn fold_stored(row: &mut ContactRow, event: &StoredEvent) -> u64 {
+    match event.decode() {
+        Ok(body) => {
+            fold(row, event, &body);
+            1
+        }
+        Err(error) => {
+            tracing::warn!(%error, "event skipped by the contacts projection");
+            row.last_seq = event.seq;
+            0
         }
     }
 }

@@ -1,0 +1,436 @@
+//! The Amazon Connect [`AttributeSink`]: UpdateContactAttributes on the configured instance.
+//!
+//! The [`AttributeDispatcher`](super::attributes::AttributeDispatcher) in front of it owns the
+//! rate limit (`[attributes] requests_per_second`; Connect's account-wide quota is a few
+//! requests per second), the per-contact debounce and the retries with backoff. So the SDK's
+//! own retries are disabled here: every call is exactly one HTTP request, and the
+//! dispatcher's rate limit counts real requests. Connect's limits are checked before anything
+//! is sent, and a refusal names the limit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_connect::config::http::HttpResponse;
+use aws_sdk_connect::config::retry::RetryConfig;
+use aws_sdk_connect::config::timeout::TimeoutConfig;
+use aws_sdk_connect::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_connect::operation::update_contact_attributes::UpdateContactAttributesError;
+use serde::{Deserialize, Serialize};
+
+use super::attributes::AttributeSink;
+use crate::aws::{AwsEndpoint, sdk_config};
+
+/// All attributes of a contact together, keys and values, in UTF-8 bytes (Connect's limit).
+pub const MAX_ATTRIBUTES_BYTES: usize = 32_768;
+
+/// Longest contact id Connect accepts (`InitialContactId`), in characters.
+const MAX_CONTACT_ID_CHARS: usize = 256;
+
+/// One UpdateContactAttributes call may take this long before it counts as failed (and the
+/// dispatcher retries it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Error codes Connect (and AWS's front ends) use for throttling.
+const THROTTLING_CODES: [&str; 4] = [
+    "TooManyRequestsException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+];
+
+/// The `[connect]` config table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// The Amazon Connect instance id (the last part of the instance ARN).
+    pub instance_id: String,
+    /// Region and endpoint override.
+    #[serde(default)]
+    pub endpoint: AwsEndpoint,
+}
+
+/// Sets contact attributes with Connect's UpdateContactAttributes.
+pub struct ConnectSink {
+    client: aws_sdk_connect::Client,
+    instance_id: String,
+}
+
+impl ConnectSink {
+    /// A sink for `config`'s instance, with credentials and region from the standard chain.
+    pub async fn new(config: &ConnectConfig) -> Result<Self, String> {
+        Self::with_sdk_config(config, &sdk_config(&config.endpoint).await)
+    }
+
+    /// A sink for `config`'s instance using `sdk` (its endpoint, not `config.endpoint`).
+    pub fn with_sdk_config(
+        config: &ConnectConfig,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, String> {
+        if config.instance_id.trim().is_empty() {
+            return Err("[connect] instance_id is empty; set the Connect instance id".into());
+        }
+        let client_config = aws_sdk_connect::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(REQUEST_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        Ok(Self {
+            client: aws_sdk_connect::Client::from_conf(client_config),
+            instance_id: config.instance_id.clone(),
+        })
+    }
+}
+
+/// Checks an update against Connect's documented limits (API reference,
+/// UpdateContactAttributes): `InitialContactId` 1 to 256 characters; attribute keys not
+/// empty and made of ASCII letters, digits, `-` and `_`; at most 32,768 UTF-8 bytes across
+/// all keys and values (which also bounds each key and value to Connect's 32,767 characters).
+/// Connect counts the attributes the contact already has too; only those sent can be checked.
+pub fn check_limits(contact_id: &str, attributes: &BTreeMap<String, String>) -> Result<(), String> {
+    let id_chars = contact_id.chars().count();
+    if !(1..=MAX_CONTACT_ID_CHARS).contains(&id_chars) {
+        return Err(format!(
+            "Connect refuses contact id {contact_id:?}: it must be 1 to {MAX_CONTACT_ID_CHARS} characters, not {id_chars}"
+        ));
+    }
+    if let Some(key) = attributes.keys().find(|k| {
+        k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(format!(
+            "Connect refuses attribute key {key:?}: keys must be non-empty ASCII letters, digits, '-' or '_'"
+        ));
+    }
+    let bytes: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_ATTRIBUTES_BYTES {
+        return Err(format!(
+            "Connect refuses the attributes: {bytes} bytes of keys and values, over its limit of {MAX_ATTRIBUTES_BYTES} bytes per contact"
+        ));
+    }
+    Ok(())
+}
+
+/// A failed call in words; throttling and server errors say "throttled" or "unavailable"
+/// and "retryable", so the record shows why the dispatcher tried again.
+fn describe(error: &SdkError<UpdateContactAttributesError, HttpResponse>) -> String {
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let code = error.code().unwrap_or("no error code");
+    let detail = DisplayErrorContext(error);
+    match status {
+        Some(429) => {
+            format!("Connect throttled the request (HTTP 429 {code}), retryable: {detail}")
+        }
+        _ if THROTTLING_CODES.contains(&code) => {
+            format!("Connect throttled the request ({code}), retryable: {detail}")
+        }
+        Some(s) if s >= 500 => {
+            format!("Connect unavailable or throttled (HTTP {s} {code}), retryable: {detail}")
+        }
+        Some(s) => format!("Connect refused the update (HTTP {s} {code}): {detail}"),
+        None => format!("Connect not reached, retryable: {detail}"),
+    }
+}
+
+#[async_trait]
+impl AttributeSink for ConnectSink {
+    fn name(&self) -> &str {
+        "connect"
+    }
+
+    async fn set(
+        &self,
+        contact_id: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        check_limits(contact_id, attributes)?;
+        self.client
+            .update_contact_attributes()
+            .instance_id(&self.instance_id)
+            .initial_contact_id(contact_id)
+            .set_attributes(Some(attributes.clone().into_iter().collect()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use actix::prelude::*;
+    use actix_web::HttpResponse;
+    use aws_sdk_connect::config::{
+        BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+    };
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::actors::attributes::{
+        AttributeDispatcher, AttributeOutcome, AttributesConfig, SetAttributes,
+    };
+    use crate::aws::stub::Stub;
+
+    /// SDK configuration pointing at `stub`, with fixed credentials (so requests are signed).
+    fn stub_config(stub: &Stub) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&stub.endpoint)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDSTUB",
+                "stub-secret",
+                None,
+                None,
+                "stub",
+            )))
+            .build()
+    }
+
+    fn sink(stub: &Stub) -> ConnectSink {
+        let config = ConnectConfig {
+            instance_id: "inst-1".into(),
+            endpoint: AwsEndpoint::default(),
+        };
+        ConnectSink::with_sdk_config(&config, &stub_config(stub)).unwrap()
+    }
+
+    fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn unavailable() -> HttpResponse {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("x-amzn-ErrorType", "ServiceUnavailableException"))
+            .json(json!({"message": "Service Unavailable"}))
+    }
+
+    /// Forwards the dispatcher's outcomes to the test.
+    struct Outcomes(mpsc::UnboundedSender<AttributeOutcome>);
+
+    impl Actor for Outcomes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<AttributeOutcome> for Outcomes {
+        type Result = ();
+
+        fn handle(&mut self, outcome: AttributeOutcome, _: &mut Context<Self>) {
+            let _ = self.0.send(outcome);
+        }
+    }
+
+    /// A dispatcher over a ConnectSink on `stub`, and where its outcomes arrive.
+    fn dispatcher(
+        stub: &Stub,
+        requests_per_second: u32,
+    ) -> (
+        Addr<AttributeDispatcher>,
+        Recipient<AttributeOutcome>,
+        mpsc::UnboundedReceiver<AttributeOutcome>,
+    ) {
+        let config = AttributesConfig {
+            requests_per_second,
+            max_attempts: 5,
+            retry_base_ms: 5,
+            ..AttributesConfig::default()
+        };
+        let dispatcher = AttributeDispatcher::new(config, Arc::new(sink(stub))).start();
+        let (tx, rx) = mpsc::unbounded_channel();
+        (dispatcher, Outcomes(tx).start().recipient(), rx)
+    }
+
+    fn set(
+        contact: &str,
+        for_seq: u64,
+        pairs: &[(&str, &str)],
+        reply: &Recipient<AttributeOutcome>,
+    ) -> SetAttributes {
+        SetAttributes {
+            contact_id: contact.into(),
+            for_seq,
+            attributes: attrs(pairs),
+            reply: reply.clone(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn sends_a_signed_update_contact_attributes_request() {
+        let stub = Stub::start(|_, _| HttpResponse::Ok().json(json!({})));
+        let attributes = attrs(&[("RealTimeSentiment", "NEGATIVE"), ("Escalated", "true")]);
+        sink(&stub).set("c-1", &attributes).await.unwrap();
+
+        let received = stub.received();
+        assert_eq!(received.len(), 1);
+        let request = &received[0];
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/contact/attributes");
+        assert!(
+            request
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{:?}",
+            request.header("content-type")
+        );
+        assert!(request.is_signed(), "{:?}", request.header("authorization"));
+        assert_eq!(
+            request.json(),
+            json!({
+                "InstanceId": "inst-1",
+                "InitialContactId": "c-1",
+                "Attributes": {"RealTimeSentiment": "NEGATIVE", "Escalated": "true"}
+            })
+        );
+    }
+
+    #[actix_rt::test]
+    async fn throttling_is_an_error_that_says_so() {
+        let stub = Stub::start(|_, _| {
+            HttpResponse::TooManyRequests()
+                .insert_header(("x-amzn-ErrorType", "TooManyRequestsException"))
+                .json(json!({"Message": "Rate exceeded"}))
+        });
+        let error = sink(&stub)
+            .set("c-1", &attrs(&[("RealTimeSentiment", "NEGATIVE")]))
+            .await
+            .unwrap_err();
+        assert!(error.contains("throttled"), "{error}");
+        assert!(error.contains("TooManyRequestsException"), "{error}");
+        assert_eq!(stub.received().len(), 1, "the SDK's own retries are off");
+    }
+
+    #[actix_rt::test]
+    async fn attributes_over_connects_limits_are_refused_without_a_request() {
+        let stub = Stub::start(|_, _| HttpResponse::Ok().json(json!({})));
+        let sink = sink(&stub);
+        let big = "x".repeat(MAX_ATTRIBUTES_BYTES);
+        let error = sink
+            .set("c-1", &attrs(&[("Notes", &big)]))
+            .await
+            .unwrap_err();
+        assert!(error.contains("32768"), "{error}");
+        let error = sink
+            .set("c-1", &attrs(&[("bad key", "v")]))
+            .await
+            .unwrap_err();
+        assert!(error.contains("bad key"), "{error}");
+        let error = sink.set("", &attrs(&[("k", "v")])).await.unwrap_err();
+        assert!(error.contains("contact id"), "{error}");
+        assert!(stub.received().is_empty());
+
+        // Exactly at the limit is fine: multi-byte characters count as their UTF-8 bytes.
+        let at_limit = "é".repeat((MAX_ATTRIBUTES_BYTES - 2) / 2);
+        sink.set("c-1", &attrs(&[("ab", &at_limit)])).await.unwrap();
+        assert_eq!(stub.received().len(), 1);
+    }
+
+    #[test]
+    fn an_empty_instance_id_is_refused() {
+        let config: Result<ConnectConfig, _> =
+            toml::from_str("instance_id = \"i\"\nregion = \"x\"");
+        assert!(config.is_err(), "unknown fields are refused");
+        let config: ConnectConfig =
+            toml::from_str("instance_id = \" \"\n[endpoint]\nregion = \"eu-west-2\"").unwrap();
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        let error = ConnectSink::with_sdk_config(&config, &sdk).err().unwrap();
+        assert!(error.contains("instance_id"), "{error}");
+    }
+
+    #[actix_rt::test]
+    async fn the_dispatcher_retries_while_connect_is_failing() {
+        let stub = Stub::start(|_, i| {
+            if i < 3 {
+                unavailable()
+            } else {
+                HttpResponse::Ok().json(json!({}))
+            }
+        });
+        let (dispatcher, reply, mut outcomes) = dispatcher(&stub, 0);
+        dispatcher.do_send(set("c-1", 7, &[("RealTimeSentiment", "NEGATIVE")], &reply));
+        match outcomes.recv().await.unwrap() {
+            AttributeOutcome::Updated(updated) => {
+                assert_eq!(updated.attempts, 4);
+                assert_eq!(updated.for_seq, 7);
+                assert_eq!(updated.sink, "connect");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stub.received().len(), 4);
+    }
+
+    #[actix_rt::test]
+    async fn the_dispatcher_gives_up_after_max_attempts() {
+        let stub = Stub::start(|_, _| unavailable());
+        let (dispatcher, reply, mut outcomes) = dispatcher(&stub, 0);
+        dispatcher.do_send(set("c-1", 3, &[("RealTimeSentiment", "NEGATIVE")], &reply));
+        match outcomes.recv().await.unwrap() {
+            AttributeOutcome::Failed(failed) => {
+                assert_eq!(failed.attempts, 5);
+                assert!(failed.error.contains("HTTP 503"), "{}", failed.error);
+                assert!(failed.error.contains("retryable"), "{}", failed.error);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stub.received().len(), 5);
+    }
+
+    #[actix_rt::test]
+    async fn updates_queued_behind_a_slow_request_are_merged_into_one() {
+        // The first request is held until the test lets it go.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let stub = Stub::start(move |_, i| {
+            if i == 0 {
+                let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+            HttpResponse::Ok().json(json!({}))
+        });
+        // One request per second: the first takes the allowance, the next two wait and merge.
+        let (dispatcher, reply, mut outcomes) = dispatcher(&stub, 1);
+        dispatcher.do_send(set("c-1", 1, &[("RealTimeSentiment", "NEGATIVE")], &reply));
+        while stub.received().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        dispatcher.do_send(set(
+            "c-1",
+            2,
+            &[("RealTimeSentiment", "MIXED"), ("Escalated", "true")],
+            &reply,
+        ));
+        dispatcher.do_send(set("c-1", 3, &[("RealTimeSentiment", "NEGATIVE")], &reply));
+        release.send(()).unwrap();
+
+        let mut updated = Vec::new();
+        for _ in 0..3 {
+            match outcomes.recv().await.unwrap() {
+                AttributeOutcome::Updated(u) => updated.push(u.for_seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        updated.sort();
+        assert_eq!(updated, [1, 2, 3]);
+        let received = stub.received();
+        assert_eq!(
+            received.len(),
+            2,
+            "the two queued updates went as one request"
+        );
+        assert_eq!(
+            received[1].json()["Attributes"],
+            json!({"RealTimeSentiment": "NEGATIVE", "Escalated": "true"})
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The S3 [`SummarySink`]: one JSON and one Markdown object per contact and summary version,
+//! `<prefix><contact>/v<version>.json` and `.md`, written with S3 conditional writes
+//! (`If-None-Match: *`) so that nothing, a replay included, ever overwrites a saved version.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
+
+use super::summaries::{SummarySink, markdown};
+use crate::aws::{AwsEndpoint, sdk_config};
+use crate::events::SummaryGenerated;
+
+/// The `[s3]` config table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Put before every key (`summaries/` by default; may be empty).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Path-style requests (`http://host/bucket/key`), as emulators (moto, MinIO) need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Region and endpoint override.
+    #[serde(default)]
+    pub endpoint: AwsEndpoint,
+}
+
+fn default_prefix() -> String {
+    "summaries/".into()
+}
+
+/// Saves summaries as S3 objects.
+pub struct S3SummarySink {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3SummarySink {
+    /// A sink for `config`'s bucket, with credentials and region from the standard chain.
+    pub async fn new(config: &S3Config) -> Result<Self, String> {
+        Self::with_sdk_config(config, &sdk_config(&config.endpoint).await)
+    }
+
+    /// A sink for `config`'s bucket using `sdk` (its endpoint, not `config.endpoint`).
+    pub fn with_sdk_config(config: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
+        if config.bucket.trim().is_empty() {
+            return Err("[s3] bucket is empty; set the bucket summaries go to".into());
+        }
+        let client_config = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(config.force_path_style)
+            .build();
+        Ok(Self {
+            client: aws_sdk_s3::Client::from_conf(client_config),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+        })
+    }
+
+    fn key(&self, contact_id: &str, version: u32, ext: &str) -> String {
+        format!("{}{}/v{version}.{ext}", self.prefix, key_safe(contact_id))
+    }
+
+    /// Writes `body` under `key` unless something is there already; an object already there
+    /// is fine when it holds the same bytes (a replay saving the same version again).
+    async fn put_new(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), String> {
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                let existing = self.get(key).await?;
+                if existing == body {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "s3://{}/{key} already holds a different summary; saved versions are never overwritten",
+                        self.bucket
+                    ))
+                }
+            }
+            Err(e) => Err(format!(
+                "writing s3://{}/{key}: {}",
+                self.bucket,
+                DisplayErrorContext(&e)
+            )),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Vec<u8>, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("reading s3://{}/{key}: {e}", self.bucket);
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| failed(&DisplayErrorContext(&e)))?;
+        let bytes = object.body.collect().await.map_err(|e| failed(&e))?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+}
+
+/// A contact id as one key segment: ASCII letters, digits, `-`, `_` and `.` (but not a
+/// leading dot, so no segment is `.` or `..`) stay, every other byte becomes `%XX`. Distinct
+/// ids give distinct keys, and a key never gains a `/` from an id.
+fn key_safe(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for (i, byte) in id.bytes().enumerate() {
+        let keep =
+            byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || (byte == b'.' && i > 0);
+        if keep {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl SummarySink for S3SummarySink {
+    /// The Markdown object first, then the JSON one, which marks the version saved.
+    async fn save(&self, contact_id: &str, summary: &SummaryGenerated) -> Result<(), String> {
+        if contact_id.is_empty() {
+            return Err("cannot save a summary for an empty contact id".into());
+        }
+        let mut json = serde_json::to_value(summary).map_err(|e| e.to_string())?;
+        json["contactId"] = contact_id.into();
+        let json = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+        let md = markdown(contact_id, summary).into_bytes();
+        let version = summary.version;
+        self.put_new(
+            &self.key(contact_id, version, "md"),
+            md,
+            "text/markdown; charset=utf-8",
+        )
+        .await?;
+        self.put_new(
+            &self.key(contact_id, version, "json"),
+            json,
+            "application/json",
+        )
+        .await
+    }
+
+    /// HeadObject on the JSON object. An error other than "not found" is logged and reads
+    /// as not saved: saving again is harmless, it never overwrites.
+    async fn has(&self, contact_id: &str, version: u32) -> bool {
+        let key = self.key(contact_id, version, "json");
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => false,
+            Err(e) => {
+                tracing::warn!(bucket = %self.bucket, %key, error = %DisplayErrorContext(&e), "checking for a saved summary failed");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::moto;
+
+    fn summary(version: u32, text: &str) -> SummaryGenerated {
+        SummaryGenerated {
+            version,
+            model: "meta.llama3-8b-instruct-v1:0".into(),
+            prompt_version: 2,
+            text: text.into(),
+            reason: "billing".into(),
+            resolution: "refund issued".into(),
+            follow_up: "none".into(),
+            customer_sentiment: None,
+            chunks: 1,
+            tokens_in: 420,
+            tokens_out: 60,
+            cost_usd: Some(0.0002),
+        }
+    }
+
+    /// A sink on a fresh moto bucket, and a raw client to look at it.
+    async fn sink() -> (S3SummarySink, aws_sdk_s3::Client, String) {
+        let sdk = moto::config().await;
+        let bucket = moto::unique_name("summaries");
+        let config = S3Config {
+            bucket: bucket.clone(),
+            prefix: default_prefix(),
+            force_path_style: true,
+            endpoint: AwsEndpoint::default(),
+        };
+        let sink = S3SummarySink::with_sdk_config(&config, &sdk).unwrap();
+        sink.client
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        let client = sink.client.clone();
+        (sink, client, bucket)
+    }
+
+    async fn object(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+        let object = client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        object.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    #[actix_rt::test]
+    async fn versions_are_saved_side_by_side_and_never_overwritten() {
+        let (sink, client, bucket) = sink().await;
+        let id = "c-1/../x y";
+        assert!(!sink.has(id, 1).await);
+        sink.save(id, &summary(1, "first")).await.unwrap();
+        assert!(sink.has(id, 1).await);
+        assert!(!sink.has(id, 2).await);
+
+        let json_key = "summaries/c-1%2F..%2Fx%20y/v1.json";
+        let md_key = "summaries/c-1%2F..%2Fx%20y/v1.md";
+        let v1_json = object(&client, &bucket, json_key).await;
+        let value: serde_json::Value = serde_json::from_slice(&v1_json).unwrap();
+        assert_eq!(value["contactId"], id);
+        assert_eq!(value["version"], 1);
+        assert_eq!(value["text"], "first");
+        let v1_md = object(&client, &bucket, md_key).await;
+        assert_eq!(v1_md, markdown(id, &summary(1, "first")).into_bytes());
+
+        sink.save(id, &summary(2, "second")).await.unwrap();
+        assert!(sink.has(id, 2).await);
+        assert_eq!(object(&client, &bucket, json_key).await, v1_json);
+        assert_eq!(object(&client, &bucket, md_key).await, v1_md);
+
+        // Saving v1 again with the same content is fine; with other content it is refused.
+        sink.save(id, &summary(1, "first")).await.unwrap();
+        let error = sink.save(id, &summary(1, "rewritten")).await.unwrap_err();
+        assert!(error.contains("never overwritten"), "{error}");
+        assert_eq!(object(&client, &bucket, json_key).await, v1_json);
+        assert_eq!(object(&client, &bucket, md_key).await, v1_md);
+    }
+
+    #[test]
+    fn contact_ids_become_single_distinct_key_segments() {
+        assert_eq!(
+            key_safe("2b7d1e0c-aa41-4f3e-9c1a-0d5e"),
+            "2b7d1e0c-aa41-4f3e-9c1a-0d5e"
+        );
+        assert_eq!(key_safe("../etc"), "%2E.%2Fetc");
+        assert_eq!(key_safe("a.b_c"), "a.b_c");
+        assert_ne!(key_safe("a/b"), key_safe("a_b"));
+        assert_ne!(key_safe("a%2Fb"), key_safe("a/b"));
+        assert_eq!(key_safe("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn config_defaults_and_checks() {
+        let config: S3Config = toml::from_str("bucket = \"b\"").unwrap();
+        assert_eq!(config.prefix, "summaries/");
+        assert!(!config.force_path_style);
+        assert!(toml::from_str::<S3Config>("bucket = \"b\"\nprefx = \"x\"").is_err());
+        let empty = S3Config {
+            bucket: " ".into(),
+            ..config
+        };
+        let sdk = aws_config::SdkConfig::builder().build();
+        let error = S3SummarySink::with_sdk_config(&empty, &sdk).err().unwrap();
+        assert!(error.contains("bucket"), "{error}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The whole pipeline on the AWS adapters, chosen by `config/aws.toml`-style settings:
+//! DynamoDB and S3 on the moto server, Bedrock runtime and Connect on stubs that check what
+//! AWS would check. Events land in DynamoDB, each escalation reaches Connect once, and
+//! summaries land in S3; running the same input again changes nothing.
+
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use super::run::Inputs;
+use super::{DataDir, backends, run::run};
+use crate::actors::attributes::AttributeSinkKind;
+use crate::actors::connect::ConnectConfig;
+use crate::actors::s3::S3Config;
+use crate::aws::stub::{Received, Stub};
+use crate::aws::{AwsEndpoint, moto};
+use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
+use crate::store::dynamodb::{DynamoEventStore, create_tables};
+use crate::store::{EventStore, SeqRange};
+
+const INSTANCE: &str = "11111111-2222-3333-4444-555555555555";
+
+/// Bedrock: Converse answers a label by cue words; Llama 3 answers the summary lines.
+fn bedrock(request: &Received, _: usize) -> HttpResponse {
+    assert!(request.is_signed(), "unsigned Bedrock request");
+    let body = String::from_utf8_lossy(&request.body).to_lowercase();
+    if request.path.ends_with("/converse") {
+        let angry = ["ridiculous", "unacceptable", "worst", "done with this"]
+            .iter()
+            .any(|cue| body.contains(cue));
+        let label = if angry { "NEGATIVE" } else { "NEUTRAL" };
+        HttpResponse::Ok().json(json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": label}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 120, "outputTokens": 2, "totalTokens": 122},
+            "metrics": {"latencyMs": 80}
+        }))
+    } else {
+        HttpResponse::Ok().json(json!({
+            "generation": " The customer called about a refund.\nResolution: The agent escalated it.\nFollow-up: The refunds team calls back.\nCustomer sentiment at end: NEGATIVE",
+            "prompt_token_count": 900,
+            "generation_token_count": 60,
+            "stop_reason": "stop"
+        }))
+    }
+}
+
+fn connect(request: &Received, _: usize) -> HttpResponse {
+    assert!(request.is_signed(), "unsigned Connect request");
+    assert_eq!(request.path, "/contact/attributes");
+    HttpResponse::Ok().json(json!({}))
+}
+
+fn samples() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/calls");
+    vec![
+        dir.join("angry-refund.jsonl"),
+        dir.join("calm-billing.jsonl"),
+    ]
+}
+
+#[actix_rt::test]
+async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
+    let sdk = moto::config().await;
+    let moto_endpoint = AwsEndpoint {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto::endpoint().to_string()),
+    };
+    let bedrock_stub = Stub::start(bedrock);
+    let connect_stub = Stub::start(connect);
+
+    let mut config = Config::load(None).unwrap();
+    config.store.kind = StoreKind::Dynamodb;
+    config.store.dynamodb.events_table = moto::unique_name("e2e-events");
+    config.store.dynamodb.projections_table = moto::unique_name("e2e-projections");
+    config.store.dynamodb.endpoint = moto_endpoint.clone();
+    config.models.backend = Backend::Bedrock;
+    config.models.bedrock.endpoint = AwsEndpoint {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(bedrock_stub.endpoint.clone()),
+    };
+    config.gateway.limits.concurrency = 8;
+    config.attributes.sink = AttributeSinkKind::Connect;
+    config.attributes.connect = Some(ConnectConfig {
+        instance_id: INSTANCE.into(),
+        endpoint: AwsEndpoint {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(connect_stub.endpoint.clone()),
+        },
+    });
+    let bucket = moto::unique_name("e2e-summaries");
+    config.summaries.sink = SummarySinkKind::S3;
+    config.summaries.s3 = Some(S3Config {
+        bucket: bucket.clone(),
+        prefix: "summaries/".into(),
+        force_path_style: true,
+        endpoint: moto_endpoint,
+    });
+
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    create_tables(&dynamo, &config.store.dynamodb)
+        .await
+        .unwrap();
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::open(dir.path()).unwrap();
+    let inputs = Inputs {
+        files: samples(),
+        listen: None,
+        settle_timeout: std::time::Duration::from_secs(120),
+    };
+    let stats = run(
+        &config,
+        &data,
+        backends(&config).await.unwrap(),
+        inputs.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.undeliverable, 0);
+    assert!(stats.appended > 20, "{stats:?}");
+
+    // Events are in DynamoDB.
+    let events = DynamoEventStore::new(dynamo.clone(), &config.store.dynamodb.events_table);
+    let angry = events.read("angry-refund", SeqRange::all()).await.unwrap();
+    let kinds: Vec<&str> = angry.iter().map(|e| e.kind.as_str()).collect();
+    for kind in [
+        "UtteranceReceived",
+        "SentimentAssessed",
+        "EscalationRaised",
+        "AttributesUpdated",
+        "SummaryGenerated",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let calm = events.read("calm-billing", SeqRange::all()).await.unwrap();
+    assert!(calm.iter().all(|e| e.kind != "EscalationRaised"));
+
+    // The escalation reached Connect once, with the contact and the configured attribute.
+    let updates = connect_stub.received();
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    let body = updates[0].json();
+    assert_eq!(body["InstanceId"], INSTANCE);
+    assert_eq!(body["InitialContactId"], "angry-refund");
+    assert_eq!(body["Attributes"]["RealTimeSentiment"], "NEGATIVE");
+
+    // Summaries are in S3.
+    for contact in ["angry-refund", "calm-billing"] {
+        let object = s3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("summaries/{contact}/v1.json"))
+            .send()
+            .await
+            .unwrap();
+        let bytes = object.body.collect().await.unwrap().into_bytes();
+        let summary: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(summary["version"], 1);
+        assert_eq!(summary["model"], "meta.llama3-8b-instruct-v1:0");
+        assert!(summary["costUsd"].as_f64().unwrap() > 0.0, "{summary}");
+    }
+
+    // The same input again: nothing new anywhere.
+    let bedrock_calls = bedrock_stub.received().len();
+    let again = run(&config, &data, backends(&config).await.unwrap(), inputs)
+        .await
+        .unwrap();
+    assert_eq!(again.appended, 0, "{again:?}");
+    assert_eq!(connect_stub.received().len(), 1);
+    assert_eq!(bedrock_stub.received().len(), bedrock_calls);
+    assert_eq!(
+        events.read("angry-refund", SeqRange::all()).await.unwrap(),
+        angry
+    );
+}
