@@ -9,6 +9,7 @@ use crate::actors::PipelineConfig;
 use crate::actors::attributes::AttributesConfig;
 use crate::actors::gateway::GatewayConfig;
 use crate::actors::s3::S3Config;
+use crate::actors::webhook::WebhookConfig;
 use crate::events::rules::EscalationRules;
 use crate::models::bedrock::BedrockConfig;
 use crate::models::local::LocalConfig;
@@ -66,6 +67,8 @@ pub struct SummariesConfig {
     pub sink: SummarySinkKind,
     /// `[summaries.s3]`: bucket, prefix, endpoint (required with `sink = "s3"`).
     pub s3: Option<S3Config>,
+    /// `[summaries.webhook]`: also POST every summary, signed, to this URL (a CRM).
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// Where summaries go.

@@ -5,6 +5,7 @@
 pub mod actors;
 pub mod app;
 pub mod aws;
+pub mod backoff;
 pub mod bench;
 pub mod bench_pipeline;
 pub mod config;

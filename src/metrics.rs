@@ -41,6 +41,9 @@ pub struct Metrics {
     pub attribute_updates: IntCounterVec,
     /// `summaries_total{outcome}`: summaries written (`ok`, `failed`).
     pub summaries: IntCounterVec,
+    /// `webhook_deliveries_total{outcome}`: summary webhook POSTs (`ok`, `retried`,
+    /// `failed`).
+    pub webhook_deliveries: IntCounterVec,
     /// `queue_depth{queue}`: items waiting in each queue.
     pub queue_depth: IntGaugeVec,
     /// `open_contacts`: contacts with a live actor.
@@ -137,6 +140,12 @@ impl Metrics {
                 &["outcome"],
             ),
             summaries: counter_vec(r, "summaries_total", "Summaries by outcome", &["outcome"]),
+            webhook_deliveries: counter_vec(
+                r,
+                "webhook_deliveries_total",
+                "Summary webhook POSTs by outcome",
+                &["outcome"],
+            ),
             queue_depth: register(
                 r,
                 IntGaugeVec::new(

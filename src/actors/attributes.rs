@@ -7,7 +7,6 @@ use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use actix::prelude::*;
 use async_trait::async_trait;
@@ -15,6 +14,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::backoff;
 use crate::events::{AttributesUpdateFailed, AttributesUpdated};
 use crate::metrics::metrics;
 
@@ -33,6 +33,9 @@ pub struct AttributesConfig {
     /// First retry delay, ms (doubled per try, with jitter).
     pub retry_base_ms: u64,
 }
+
+/// The longest wait between two tries of one update, ms.
+const RETRY_CAP_MS: u64 = 60_000;
 
 /// Where attributes go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,8 +232,7 @@ impl AttributeDispatcher {
                 }
                 Err(error) if pending.attempts < act.config.max_attempts => {
                     tracing::warn!(%contact, %error, attempts = pending.attempts, "setting attributes failed; retrying");
-                    let base = act.config.retry_base_ms.saturating_mul(1 << pending.attempts.min(16));
-                    let delay = Duration::from_millis(base / 2 + rand::random_range(0..=base / 2));
+                    let delay = backoff(act.config.retry_base_ms, RETRY_CAP_MS, pending.attempts);
                     ctx.run_later(delay, move |act, ctx| {
                         act.enqueue_pending(contact, pending);
                         act.pump(ctx);

@@ -16,6 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use crate::app::replay::summary_event;
+use crate::backoff::backoff;
 use crate::events::{
     ModelCallSkipped, ModelTask, Participant, SentimentAssessed, SummaryFailed, SummaryGenerated,
 };
@@ -334,14 +335,11 @@ impl ModelGateway {
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
-        let exp = self
-            .config
-            .retry_base_ms
-            .saturating_mul(1 << attempts.min(16))
-            .min(self.config.retry_max_ms);
-        // Full jitter: anywhere between half and all of the exponential delay.
-        let jittered = exp / 2 + rand::random_range(0..=exp / 2);
-        Duration::from_millis(jittered)
+        backoff(
+            self.config.retry_base_ms,
+            self.config.retry_max_ms,
+            attempts,
+        )
     }
 
     fn lane(&mut self, id: &str) -> &mut Lane {

@@ -11,6 +11,7 @@ pub mod projector;
 pub mod router;
 pub mod s3;
 pub mod summaries;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
-use super::summaries::{SummarySink, markdown};
+use super::summaries::{SummarySink, markdown, summary_json};
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::events::SummaryGenerated;
 
@@ -137,9 +137,7 @@ impl SummarySink for S3SummarySink {
         if contact_id.is_empty() {
             return Err("cannot save a summary for an empty contact id".into());
         }
-        let mut json = serde_json::to_value(summary).map_err(|e| e.to_string())?;
-        json["contactId"] = contact_id.into();
-        let json = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+        let json = summary_json(contact_id, summary)?;
         let md = markdown(contact_id, summary).into_bytes();
         let version = summary.version;
         self.put_new(

@@ -66,6 +66,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The JSON document of a summary: its fields plus `contactId`, pretty-printed.
+pub fn summary_json(contact_id: &str, s: &SummaryGenerated) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_value(s).map_err(|e| e.to_string())?;
+    json["contactId"] = contact_id.into();
+    serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())
+}
+
 /// The Markdown rendering of a summary.
 pub fn markdown(contact_id: &str, s: &SummaryGenerated) -> String {
     let sentiment = s
@@ -88,9 +95,7 @@ pub fn markdown(contact_id: &str, s: &SummaryGenerated) -> String {
 #[async_trait]
 impl SummarySink for SummaryFolder {
     async fn save(&self, contact_id: &str, summary: &SummaryGenerated) -> Result<(), String> {
-        let mut json = serde_json::to_value(summary).map_err(|e| e.to_string())?;
-        json["contactId"] = contact_id.into();
-        let json = serde_json::to_vec_pretty(&json).map_err(|e| e.to_string())?;
+        let json = summary_json(contact_id, summary)?;
         let md = markdown(contact_id, summary);
         let (json_path, md_path) = (
             self.path(contact_id, summary.version, "json"),

@@ -1,16 +1,21 @@
 //! The whole pipeline on the AWS adapters, chosen by `config/aws.toml`-style settings:
 //! DynamoDB and S3 on the moto server, Bedrock runtime and Connect on stubs that check what
-//! AWS would check. Events land in DynamoDB, each escalation reaches Connect once, and
-//! summaries land in S3; running the same input again changes nothing.
+//! AWS would check; the CRM webhook on a plain stub. Events land in DynamoDB, each escalation
+//! reaches Connect once, summaries land in S3 and reach the webhook signed; running the same
+//! input again changes nothing, and a replay adds version 2 everywhere.
 
 use actix_web::HttpResponse;
 use serde_json::json;
 
+use super::replay::{ReplayTarget, replay};
 use super::run::Inputs;
-use super::{DataDir, backends, run::run};
+use super::{DataDir, backends, run::run, stores, summary_sink};
 use crate::actors::attributes::AttributeSinkKind;
 use crate::actors::connect::ConnectConfig;
 use crate::actors::s3::S3Config;
+use crate::actors::webhook::{
+    DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig, signature,
+};
 use crate::aws::stub::{Received, Stub};
 use crate::aws::{AwsEndpoint, moto};
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
@@ -96,6 +101,15 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
         endpoint: moto_endpoint,
     });
 
+    let crm = Stub::start(|_, _| HttpResponse::Accepted().finish());
+    config.summaries.webhook = Some(WebhookConfig {
+        url: format!("{}/callpulse", crm.endpoint),
+        // Tests cannot safely set a variable; one that is always there holds the secret.
+        secret_env: "PATH".into(),
+        ..WebhookConfig::default()
+    });
+    let secret = std::env::var("PATH").unwrap();
+
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     create_tables(&dynamo, &config.store.dynamodb)
         .await
@@ -149,21 +163,39 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
     assert_eq!(body["InitialContactId"], "angry-refund");
     assert_eq!(body["Attributes"]["RealTimeSentiment"], "NEGATIVE");
 
-    // Summaries are in S3.
+    // Summaries are in S3, and went to the CRM signed.
+    let object = |key: String| {
+        let request = s3.get_object().bucket(&bucket).key(key);
+        async move {
+            let object = request.send().await.unwrap();
+            object.body.collect().await.unwrap().into_bytes().to_vec()
+        }
+    };
+    let mut first_versions = Vec::new();
     for contact in ["angry-refund", "calm-billing"] {
-        let object = s3
-            .get_object()
-            .bucket(&bucket)
-            .key(format!("summaries/{contact}/v1.json"))
-            .send()
-            .await
-            .unwrap();
-        let bytes = object.body.collect().await.unwrap().into_bytes();
+        let bytes = object(format!("summaries/{contact}/v1.json")).await;
         let summary: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(summary["version"], 1);
         assert_eq!(summary["model"], "meta.llama3-8b-instruct-v1:0");
         assert!(summary["costUsd"].as_f64().unwrap() > 0.0, "{summary}");
+        first_versions.push(bytes);
     }
+    let deliveries = |crm: &Stub| {
+        let mut ids: Vec<String> = crm
+            .received()
+            .iter()
+            .map(|r| {
+                let timestamp: i64 = r.header(TIMESTAMP_HEADER).unwrap().parse().unwrap();
+                let expected = signature(secret.as_bytes(), timestamp, &r.body);
+                assert_eq!(r.header(SIGNATURE_HEADER), Some(expected.as_str()));
+                assert_eq!(r.path, "/callpulse");
+                r.header(DELIVERY_HEADER).unwrap().to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(deliveries(&crm), ["angry-refund/v1", "calm-billing/v1"]);
 
     // The same input again: nothing new anywhere.
     let bedrock_calls = bedrock_stub.received().len();
@@ -176,5 +208,42 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
     assert_eq!(
         events.read("angry-refund", SeqRange::all()).await.unwrap(),
         angry
+    );
+    assert_eq!(crm.received().len(), 2);
+
+    // A replay regenerates both summaries as version 2, on the same adapters; version 1
+    // stays as it was.
+    let (store, projections) = stores(&config, &data).await.unwrap();
+    let mut out = Vec::new();
+    let report = replay(
+        store.as_ref(),
+        projections.as_ref(),
+        backends(&config).await.unwrap().summariser.as_ref(),
+        std::sync::Arc::new(config.escalation.clone()),
+        summary_sink(&config, &data).await.unwrap().as_ref(),
+        &ReplayTarget::All { since: None },
+        false,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.written, report.failed), (2, 0), "{report}");
+    for (contact, v1) in ["angry-refund", "calm-billing"].iter().zip(&first_versions) {
+        let v2: serde_json::Value =
+            serde_json::from_slice(&object(format!("summaries/{contact}/v2.json")).await).unwrap();
+        assert_eq!(v2["version"], 2);
+        assert_eq!(&object(format!("summaries/{contact}/v1.json")).await, v1);
+        let log = events.read(contact, SeqRange::all()).await.unwrap();
+        let summaries = log.iter().filter(|e| e.kind == "SummaryGenerated").count();
+        assert_eq!(summaries, 2, "{contact}");
+    }
+    assert_eq!(
+        deliveries(&crm),
+        [
+            "angry-refund/v1",
+            "angry-refund/v2",
+            "calm-billing/v1",
+            "calm-billing/v2"
+        ]
     );
 }

@@ -21,6 +21,7 @@ use crate::actors::connect::ConnectSink;
 use crate::actors::gateway::Backends;
 use crate::actors::s3::S3SummarySink;
 use crate::actors::summaries::{SummaryFolder, SummarySink};
+use crate::actors::webhook::{Webhook, WithWebhook};
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
 use crate::models::bedrock::BedrockModel;
 use crate::models::local::LocalModel;
@@ -132,9 +133,10 @@ pub async fn attribute_sink(
     })
 }
 
-/// The configured summary sink: the folder in `data`, or S3.
+/// The configured summary sink: the folder in `data`, or S3; with the webhook in front when
+/// one is configured.
 pub async fn summary_sink(config: &Config, data: &DataDir) -> anyhow::Result<Arc<dyn SummarySink>> {
-    Ok(match config.summaries.sink {
+    let store: Arc<dyn SummarySink> = match config.summaries.sink {
         SummarySinkKind::Folder => Arc::new(SummaryFolder::new(data.summaries())),
         SummarySinkKind::S3 => {
             let s3 = config
@@ -144,6 +146,13 @@ pub async fn summary_sink(config: &Config, data: &DataDir) -> anyhow::Result<Arc
                 .context("[summaries] sink = \"s3\" needs [summaries.s3] bucket")?;
             Arc::new(S3SummarySink::new(s3).await.map_err(anyhow::Error::msg)?)
         }
+    };
+    Ok(match &config.summaries.webhook {
+        Some(webhook) => Arc::new(WithWebhook::new(
+            store,
+            Webhook::new(webhook).map_err(anyhow::Error::msg)?,
+        )),
+        None => store,
     })
 }
 

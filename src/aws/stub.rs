@@ -4,6 +4,7 @@
 //! (recorded-format bodies, throttling, errors).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 
@@ -18,6 +19,8 @@ pub(crate) struct Received {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -77,6 +80,7 @@ impl Stub {
                             })
                             .collect(),
                         body: body.to_vec(),
+                        at: Instant::now(),
                     };
                     let index = {
                         let mut log = log.lock().unwrap();
@@ -105,6 +109,20 @@ impl Stub {
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// The most requests that arrived within any `window`: what a rate limit caps.
+    pub fn busiest(&self, window: Duration) -> usize {
+        let times: Vec<Instant> = self.received().iter().map(|r| r.at).collect();
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(times[i]) < window)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
