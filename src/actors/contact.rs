@@ -289,26 +289,42 @@ impl ContactActor {
         }
     }
 
-    /// Appends what an outcome means, atomically; a refused one is only logged.
-    fn handle_outcome(&mut self, command: Command, ctx: &mut Context<Self>) {
+    /// Appends what an outcome means, atomically; a refused one is only logged. The work
+    /// `done` stays in flight until the outcome is applied: actix may run a spawned future
+    /// between this handler and the append, and its reconcile must not dispatch the same
+    /// work again.
+    fn handle_outcome(&mut self, command: Command, done: Vec<InFlight>, ctx: &mut Context<Self>) {
         let Some(contact) = self.contact.as_ref() else {
             return;
         };
         match contact.decide(command, Utc::now()) {
-            Ok(events) if events.is_empty() => {}
-            Ok(events) => {
-                let fut = self.persist(events, None).map(|result, act, ctx| {
+            Ok(events) if !events.is_empty() => {
+                let fut = self.persist(events, None).map(move |result, act, ctx| {
                     if let Err(error) = result {
                         // The outcome is lost, the work is still owed: redo it after a pause.
                         tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; redoing the work");
                         act.in_flight.clear();
                         ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                        return;
                     }
+                    act.finish(&done, ctx);
                 });
                 ctx.wait(fut);
             }
-            Err(refusal) => tracing::debug!(contact = %self.id, %refusal, "outcome ignored"),
+            Ok(_) => self.finish(&done, ctx),
+            Err(refusal) => {
+                tracing::debug!(contact = %self.id, %refusal, "outcome ignored");
+                self.finish(&done, ctx);
+            }
         }
+    }
+
+    /// Takes finished work out of flight and dispatches what is due next.
+    fn finish(&mut self, done: &[InFlight], ctx: &mut Context<Self>) {
+        for key in done {
+            self.in_flight.remove(key);
+        }
+        self.reconcile(ctx);
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
@@ -441,31 +457,32 @@ impl Handler<ModelOutcome> for ContactActor {
     type Result = ();
 
     fn handle(&mut self, outcome: ModelOutcome, ctx: &mut Context<Self>) {
-        let command = match outcome {
+        let (command, done) = match outcome {
             ModelOutcome::Judged(j) => {
-                self.in_flight
-                    .remove(&InFlight::Sentiment(j.segment_id.clone()));
-                for covered in &j.coalesced {
-                    self.in_flight.remove(&InFlight::Sentiment(covered.clone()));
-                }
-                Command::Judged(j)
+                let done = std::iter::once(&j.segment_id)
+                    .chain(&j.coalesced)
+                    .map(|s| InFlight::Sentiment(s.clone()))
+                    .collect();
+                (Command::Judged(j), done)
             }
             ModelOutcome::Skipped(s) => {
-                for segment in &s.segment_ids {
-                    self.in_flight.remove(&InFlight::Sentiment(segment.clone()));
-                }
-                Command::Skipped(s)
+                let done = s
+                    .segment_ids
+                    .iter()
+                    .map(|s| InFlight::Sentiment(s.clone()))
+                    .collect();
+                (Command::Skipped(s), done)
             }
             ModelOutcome::Summarised(s) => {
-                self.in_flight.remove(&InFlight::Summary(s.version));
-                Command::Summarised(s)
+                let done = vec![InFlight::Summary(s.version)];
+                (Command::Summarised(s), done)
             }
             ModelOutcome::SummaryFailed(f) => {
-                self.in_flight.remove(&InFlight::Summary(f.version));
-                Command::SummaryFailed(f)
+                let done = vec![InFlight::Summary(f.version)];
+                (Command::SummaryFailed(f), done)
             }
         };
-        self.handle_outcome(command, ctx);
+        self.handle_outcome(command, done, ctx);
     }
 }
 
@@ -473,17 +490,17 @@ impl Handler<AttributeOutcome> for ContactActor {
     type Result = ();
 
     fn handle(&mut self, outcome: AttributeOutcome, ctx: &mut Context<Self>) {
-        let command = match outcome {
+        let (command, for_seq) = match outcome {
             AttributeOutcome::Updated(u) => {
-                self.in_flight.remove(&InFlight::Attributes(u.for_seq));
-                Command::AttributesSet(u)
+                let for_seq = u.for_seq;
+                (Command::AttributesSet(u), for_seq)
             }
             AttributeOutcome::Failed(f) => {
-                self.in_flight.remove(&InFlight::Attributes(f.for_seq));
-                Command::AttributesFailed(f)
+                let for_seq = f.for_seq;
+                (Command::AttributesFailed(f), for_seq)
             }
         };
-        self.handle_outcome(command, ctx);
+        self.handle_outcome(command, vec![InFlight::Attributes(for_seq)], ctx);
     }
 }
 

@@ -3,8 +3,6 @@
 //! record the store could not take; sends every refused or undeliverable record to the
 //! reject log with its position and reason, so nothing is lost silently.
 
-use std::time::Duration;
-
 use actix::Addr;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -12,11 +10,18 @@ use tokio::sync::mpsc;
 
 use super::contact::InputOutcome;
 use super::router::{ContactRouter, Route};
+use crate::backoff::backoff;
 use crate::ingest::source::{Incoming, Ingested, RAW_BYTES, RejectLog, Rejected};
 use crate::metrics::metrics;
 
 /// Tries per record before it goes to the reject log as undeliverable.
 const ATTEMPTS: u32 = 8;
+
+/// First retry delay of a record, ms (doubled per try, with jitter).
+const RETRY_BASE_MS: u64 = 100;
+
+/// Longest retry delay of a record, ms.
+const RETRY_CAP_MS: u64 = 6_400;
 
 /// What a feed did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,11 +46,7 @@ async fn deliver(
     let mut error = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
-            let ms = 100u64 << attempt.min(6);
-            tokio::time::sleep(Duration::from_millis(
-                ms / 2 + rand::random_range(0..=ms / 2),
-            ))
-            .await;
+            tokio::time::sleep(backoff(RETRY_BASE_MS, RETRY_CAP_MS, attempt)).await;
         }
         match router.send(Route(incoming.clone())).await {
             Ok(Ok(outcome)) => return (incoming, Ok(outcome)),
