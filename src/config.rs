@@ -11,6 +11,7 @@ use crate::actors::gateway::GatewayConfig;
 use crate::actors::s3::S3Config;
 use crate::actors::webhook::WebhookConfig;
 use crate::events::rules::EscalationRules;
+use crate::ingest::kinesis::KinesisConfig;
 use crate::models::bedrock::BedrockConfig;
 use crate::models::local::LocalConfig;
 use crate::store::dynamodb::DynamoConfig;
@@ -36,6 +37,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[summaries]`: where summaries are saved.
     pub summaries: SummariesConfig,
+    /// `[kinesis]`: the stream `run --kinesis` reads, and its lease table.
+    pub kinesis: Option<KinesisConfig>,
 }
 
 /// The `[store]` table.
@@ -214,6 +217,9 @@ mod tests {
         );
         assert!(config.attributes.connect.is_some());
         assert_eq!(config.summaries.sink, SummarySinkKind::S3);
+        let kinesis = config.kinesis.as_ref().expect("aws.toml reads a stream");
+        assert_eq!(kinesis.stream, "callpulse-calls");
+        assert_eq!(kinesis.lease_table, "callpulse-leases");
         assert_eq!(
             config.models.bedrock.sentiment_model,
             "amazon.nova-micro-v1:0"

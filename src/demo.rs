@@ -142,6 +142,7 @@ pub async fn run(config: &Config, path: &Path, out: &mut impl Write) -> anyhow::
             files: call_files(path)?,
             listen: None,
             settle_timeout: Duration::from_secs(1800),
+            ..Inputs::default()
         },
     )
     .await?;

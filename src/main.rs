@@ -56,6 +56,10 @@ enum Command {
         /// Accept records over HTTP (POST /records) at this address.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Read the Kinesis stream of the `[kinesis]` config table, sharing its shards with
+        /// the other workers through the lease table.
+        #[arg(long)]
+        kinesis: bool,
         /// After the input ends, wait at most this long for owed model work, seconds.
         #[arg(long, default_value_t = 600)]
         settle_timeout: u64,
@@ -306,6 +310,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
         Command::Run {
             inputs,
             listen,
+            kinesis,
             settle_timeout,
         } => {
             let data = DataDir::open(&data_dir)?;
@@ -318,6 +323,8 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     files: inputs,
                     listen,
                     settle_timeout: Duration::from_secs(settle_timeout),
+                    kinesis,
+                    stop: Default::default(),
                 },
             )
             .await?;
@@ -401,21 +408,31 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
         }
         Command::Store {
             action: StoreAction::Init,
-        } => match config.store.kind {
-            callpulse::config::StoreKind::Sqlite => {
-                let data = DataDir::open(&data_dir)?;
-                data.stores()?;
-                println!("SQLite store ready at {}", data.database().display());
+        } => {
+            match config.store.kind {
+                callpulse::config::StoreKind::Sqlite => {
+                    let data = DataDir::open(&data_dir)?;
+                    data.stores()?;
+                    println!("SQLite store ready at {}", data.database().display());
+                }
+                callpulse::config::StoreKind::Dynamodb => {
+                    let dynamo = &config.store.dynamodb;
+                    callpulse::store::dynamodb::create_tables(&dynamo.client().await, dynamo)
+                        .await?;
+                    println!(
+                        "DynamoDB tables {} and {} ready",
+                        dynamo.events_table, dynamo.projections_table
+                    );
+                }
             }
-            callpulse::config::StoreKind::Dynamodb => {
-                let dynamo = &config.store.dynamodb;
-                callpulse::store::dynamodb::create_tables(&dynamo.client().await, dynamo).await?;
-                println!(
-                    "DynamoDB tables {} and {} ready",
-                    dynamo.events_table, dynamo.projections_table
-                );
+            if let Some(kinesis) = &config.kinesis {
+                let sdk = callpulse::aws::sdk_config(&kinesis.lease_endpoint).await;
+                let client = aws_sdk_dynamodb::Client::new(&sdk);
+                callpulse::ingest::leases::LeaseTable::create(&client, &kinesis.lease_table)
+                    .await?;
+                println!("Kinesis lease table {} ready", kinesis.lease_table);
             }
-        },
+        }
         Command::Projections {
             action: ProjectionsAction::Rebuild,
         } => {

@@ -38,6 +38,16 @@ pub struct FeedStats {
     pub undeliverable: u64,
 }
 
+impl std::ops::AddAssign for FeedStats {
+    fn add_assign(&mut self, other: Self) {
+        self.appended += other.appended;
+        self.duplicates += other.duplicates;
+        self.refused += other.refused;
+        self.rejected += other.rejected;
+        self.undeliverable += other.undeliverable;
+    }
+}
+
 /// Hands one record over, retrying while the store cannot take it.
 async fn deliver(
     router: Addr<ContactRouter>,

@@ -127,6 +127,7 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
         files: samples(),
         listen: None,
         settle_timeout: std::time::Duration::from_secs(120),
+        ..Inputs::default()
     };
     let stats = run(
         &config,

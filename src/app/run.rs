@@ -1,12 +1,13 @@
-//! `callpulse run`: records from a file, stdin and/or HTTP through the pipeline, until the
-//! input ends or SIGTERM/SIGINT; then a graceful drain (no accepted record is lost: every
-//! record read is made durable or written to the reject log).
+//! `callpulse run`: records from files, stdin, HTTP and/or a Kinesis stream through the
+//! pipeline, until the input ends (files only) or SIGTERM/SIGINT; then a graceful drain (no
+//! accepted record is lost: every record read is made durable or written to the reject log,
+//! and Kinesis checkpoints only cover durable records).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use super::DataDir;
@@ -15,7 +16,9 @@ use crate::actors::feed::{FeedStats, feed};
 use crate::actors::gateway::Backends;
 use crate::config::Config;
 use crate::ingest::http;
+use crate::ingest::kinesis::KinesisSource;
 use crate::ingest::source::{Ingested, RejectLog, read_jsonl};
+use crate::models::CancellationToken;
 
 /// Largest HTTP body accepted.
 const HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -29,6 +32,11 @@ pub struct Inputs {
     pub listen: Option<SocketAddr>,
     /// How long to wait for owed model work after the input ends.
     pub settle_timeout: Duration,
+    /// Read the stream of the `[kinesis]` config table, under leases shared with other
+    /// workers.
+    pub kinesis: bool,
+    /// Cancelled to stop the sources as a signal would.
+    pub stop: CancellationToken,
 }
 
 /// Runs the pipeline over `inputs` and returns what the feed did.
@@ -58,6 +66,11 @@ pub async fn run(
         }
         None => None,
     };
+    let kinesis = match (inputs.kinesis, &config.kinesis) {
+        (false, _) => None,
+        (true, Some(kinesis)) => Some(KinesisSource::new(kinesis).await?),
+        (true, None) => bail!("--kinesis needs a [kinesis] config table naming the stream"),
+    };
     let files = inputs.files.clone();
     let file_tx = tx.clone();
     drop(tx);
@@ -83,21 +96,49 @@ pub async fn run(
         &rejects,
         config.pipeline.max_in_flight.max(1),
     );
-    // Sources stop at the end of the files (with HTTP: at a signal) or at a signal; the
-    // feed ends once every sender is gone and every record read is settled.
+    // Sources stop at the end of the files (with HTTP or Kinesis: at a signal) or at a
+    // signal; the feeds end once every record read is settled.
+    let stop = inputs.stop.clone();
+    let endless = server.is_some() || kinesis.is_some();
     let stop_sources = async {
         tokio::select! {
-            _ = reading => if server.is_some() { shutdown_signal().await },
-            _ = shutdown_signal() => tracing::info!("signal received: draining"),
+            _ = reading => if endless { stopped(&stop).await },
+            _ = stopped(&stop) => tracing::info!("stopping: draining"),
         }
+        stop.cancel();
         if let Some(server) = &server {
             server.stop(true).await;
         }
     };
-    let (stats, ()) = tokio::join!(feeding, stop_sources);
+    let max_in_flight = config.pipeline.max_in_flight.max(1);
+    let streaming = async {
+        match &kinesis {
+            Some(source) => {
+                source
+                    .run(
+                        pipeline.router.clone(),
+                        &rejects,
+                        max_in_flight,
+                        stop.clone(),
+                    )
+                    .await
+            }
+            None => FeedStats::default(),
+        }
+    };
+    let (mut stats, (), streamed) = tokio::join!(feeding, stop_sources, streaming);
+    stats += streamed;
     pipeline.settle(inputs.settle_timeout).await?;
     pipeline.stop();
     Ok(stats)
+}
+
+/// SIGTERM, SIGINT, or `stop` cancelled.
+async fn stopped(stop: &CancellationToken) {
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = stop.cancelled() => {}
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -43,7 +43,8 @@ pub struct Incoming {
     /// The record; a segment always has a `segment_id` here (derived in the minimal form).
     pub record: Record,
     /// Idempotency key within the contact: `seg:{segmentId}`, `m-{n}` for the n-th id-less
-    /// final segment of the contact, `started` or `ended`.
+    /// final segment of the contact (`k-{sequence}-{n}` for the n-th of a Kinesis record),
+    /// `started` or `ended`.
     pub source_id: String,
     /// Where it came from.
     pub position: Position,
@@ -141,6 +142,9 @@ pub(super) struct LineReader {
     source: String,
     label: &'static str,
     minimal: HashMap<String, u64>,
+    /// While reading one Kinesis record: its sequence number and the id-less segments
+    /// numbered so far.
+    anchor: Option<(String, u64)>,
 }
 
 impl LineReader {
@@ -149,13 +153,43 @@ impl LineReader {
         let label = match source {
             "stdin" => "stdin",
             "http" => "http",
+            _ if source.starts_with("kinesis:") => "kinesis",
             _ => "file",
         };
         Self {
             source: source.into(),
             label,
             minimal: HashMap::new(),
+            anchor: None,
         }
+    }
+
+    /// The items of one Kinesis record: `data` holds one record or several lines of them,
+    /// positioned as `<source>@<sequence>`, line N. Id-less segments get ids made from the
+    /// sequence number (`k-<sequence>-<n>`), so reading the record again gives the same ids.
+    pub(super) fn ingest_record(
+        &mut self,
+        sequence: &str,
+        data: &[u8],
+        stats: &mut ReadStats,
+    ) -> Vec<Ingested> {
+        let source = format!("{}@{sequence}", self.source);
+        self.anchor = Some((sequence.to_string(), 0));
+        let mut codec = LineCodec::default();
+        let mut buf = BytesMut::from(data);
+        let mut items = Vec::new();
+        let mut number = 0;
+        // Framing bytes in memory cannot fail.
+        while let Ok(Some(line)) = codec.decode_eof(&mut buf) {
+            number += 1;
+            let position = Position {
+                source: source.clone(),
+                line: number,
+            };
+            items.extend(self.ingest_at(position, line, stats));
+        }
+        self.anchor = None;
+        items
     }
 
     /// The items of line `number`: none for a blank line or a partial, one rejection for a
@@ -170,6 +204,15 @@ impl LineReader {
             source: self.source.clone(),
             line: number,
         };
+        self.ingest_at(position, line, stats)
+    }
+
+    fn ingest_at(
+        &mut self,
+        position: Position,
+        line: Line,
+        stats: &mut ReadStats,
+    ) -> Vec<Ingested> {
         let (bytes, parsed) = match &line {
             Line::TooLong(head) => (head, Err(RecordError::TooLarge)),
             Line::Text(bytes) => {
@@ -214,9 +257,17 @@ impl LineReader {
             Record::Segment(s) => match &s.segment_id {
                 Some(id) => format!("seg:{id}"),
                 None => {
-                    let n = self.minimal.entry(s.contact_id.clone()).or_default();
-                    *n += 1;
-                    let id = format!("m-{n}");
+                    let id = match &mut self.anchor {
+                        Some((sequence, n)) => {
+                            *n += 1;
+                            format!("k-{sequence}-{n}")
+                        }
+                        None => {
+                            let n = self.minimal.entry(s.contact_id.clone()).or_default();
+                            *n += 1;
+                            format!("m-{n}")
+                        }
+                    };
                     s.segment_id = Some(id.clone());
                     id
                 }
@@ -304,6 +355,38 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use tokio::sync::mpsc;
+
+    #[test]
+    fn a_kinesis_record_gets_stable_ids_and_positions() {
+        let data = concat!(
+            r#"{"type":"SEGMENT","contactId":"k","participant":"CUSTOMER","transcript":"one","isPartial":false}"#,
+            "\nnot json\n",
+            r#"{"type":"SEGMENT","contactId":"k","participant":"AGENT","transcript":"two","isPartial":false}"#,
+        );
+        let mut reader = LineReader::new("kinesis:calls/shardId-1");
+        let mut stats = ReadStats::default();
+        let read = |reader: &mut LineReader, stats: &mut ReadStats| {
+            reader.ingest_record("4960", data.as_bytes(), stats)
+        };
+        let items = read(&mut reader, &mut stats);
+        assert_eq!(items.len(), 3);
+        let ids: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match i {
+                Ingested::Record(r) => Some(r.source_id.as_str()),
+                Ingested::Rejected(_) => None,
+            })
+            .collect();
+        assert_eq!(ids, ["k-4960-1", "k-4960-2"]);
+        let Ingested::Rejected(bad) = &items[1] else {
+            panic!("{:?}", items[1])
+        };
+        assert_eq!(bad.position.to_string(), "kinesis:calls/shardId-1@4960:2");
+        assert_eq!(bad.raw, "not json");
+        // Read again (after a restart): the same ids, so the log stores them once.
+        assert_eq!(read(&mut reader, &mut stats), items);
+        assert_eq!((stats.records, stats.rejected), (4, 2));
+    }
 
     /// Reads `input`, arriving in pieces of at most `piece` bytes, through a channel of
     /// capacity 2 (so backpressure is exercised).

@@ -208,10 +208,10 @@ impl DynamoConfig {
 }
 
 /// One table's key or index key: attribute name and type.
-type KeyAttr = (&'static str, ScalarAttributeType);
+pub(crate) type KeyAttr = (&'static str, ScalarAttributeType);
 
 /// A global secondary index: name, partition key, sort key (all attributes projected).
-type IndexDesign = (&'static str, KeyAttr, KeyAttr);
+pub(crate) type IndexDesign = (&'static str, KeyAttr, KeyAttr);
 
 /// Creates the events and projections tables of `config` (on-demand billing, with their
 /// indexes; names checked by [`DynamoConfig::validate`]) and waits until they are active. A table that exists already is fine if it has
@@ -239,7 +239,9 @@ pub async fn create_tables(client: &Client, config: &DynamoConfig) -> anyhow::Re
     .await
 }
 
-async fn create_table(
+/// Creates table `name` (on-demand billing) with `keys` and `indexes` and waits until it is
+/// active; a table that exists already is fine if it has that design.
+pub(crate) async fn create_table(
     client: &Client,
     name: &str,
     keys: &[KeyAttr],
@@ -290,7 +292,8 @@ async fn create_table(
         .billing_mode(BillingMode::PayPerRequest)
         .set_attribute_definitions(Some(definitions.collect()))
         .set_key_schema(Some(key_schema(&keys.iter().collect::<Vec<_>>())))
-        .set_global_secondary_indexes(Some(gsis.collect()))
+        // DynamoDB refuses an empty index list: none at all when there are none.
+        .set_global_secondary_indexes(Some(gsis.collect()).filter(|g: &Vec<_>| !g.is_empty()))
         .send()
         .await;
     if let Err(error) = created
@@ -921,7 +924,8 @@ fn malformed(attribute: &str, what: &str) -> StoreError {
     ))
 }
 
-fn s(value: impl Into<String>) -> AttributeValue {
+/// A string attribute.
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 

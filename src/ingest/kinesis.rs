@@ -1,0 +1,721 @@
+//! The fleet's input: a Kinesis Data Stream read by every worker, each shard by one worker at
+//! a time under a lease ([`super::leases`]). A shard's records are parsed like lines of a
+//! file (one JSON record, or several lines of them, per Kinesis record), fed through the
+//! pipeline batch by batch, and the shard's checkpoint moves past a batch only once every
+//! record of it is durable in the event log or in the reject log. A restart, a crash or a
+//! lease moving to another worker re-reads at most the batch in progress, and re-reading is
+//! harmless: records already in the log are not appended twice.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use anyhow::Context;
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::leases::{LATEST, Lease, LeasePlanner, LeaseTable, SHARD_END, ShardInfo, TRIM_HORIZON};
+use super::source::{LineReader, ReadStats, RejectLog};
+use crate::actors::feed::{FeedStats, feed};
+use crate::actors::router::ContactRouter;
+use crate::aws::{AwsEndpoint, sdk_config};
+use crate::backoff::backoff;
+use crate::models::CancellationToken;
+
+/// The `[kinesis]` config table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// The stream's name.
+    pub stream: String,
+    /// The DynamoDB lease table (`callpulse store init` creates it).
+    pub lease_table: String,
+    /// This worker's name in the lease table; empty: `$HOSTNAME` plus a fresh UUID.
+    pub worker_id: String,
+    /// Where a shard without a checkpoint starts: `trim-horizon` (its oldest record) or
+    /// `latest` (records from now on).
+    pub initial_position: InitialPosition,
+    /// A lease whose counter stands still this long is taken over, ms.
+    pub lease_duration_ms: u64,
+    /// How often the stream's shard list is read (new shards after a reshard), ms.
+    pub shard_sync_ms: u64,
+    /// Records per GetRecords call (at most 10,000).
+    pub max_records: i32,
+    /// Pause after a GetRecords call that returned nothing, ms.
+    pub idle_poll_ms: u64,
+    /// Region and endpoint of Kinesis.
+    pub endpoint: AwsEndpoint,
+    /// Region and endpoint of the lease table's DynamoDB.
+    pub lease_endpoint: AwsEndpoint,
+}
+
+impl Default for KinesisConfig {
+    fn default() -> Self {
+        Self {
+            stream: String::new(),
+            lease_table: "callpulse-leases".into(),
+            worker_id: String::new(),
+            initial_position: InitialPosition::TrimHorizon,
+            lease_duration_ms: 10_000,
+            shard_sync_ms: 60_000,
+            max_records: 1_000,
+            idle_poll_ms: 1_000,
+            endpoint: AwsEndpoint::default(),
+            lease_endpoint: AwsEndpoint::default(),
+        }
+    }
+}
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialPosition {
+    /// The oldest record still in the shard.
+    #[default]
+    TrimHorizon,
+    /// Records arriving from now on.
+    Latest,
+}
+
+impl InitialPosition {
+    fn checkpoint(self) -> &'static str {
+        match self {
+            Self::TrimHorizon => TRIM_HORIZON,
+            Self::Latest => LATEST,
+        }
+    }
+}
+
+/// How a shard reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReaderEnd {
+    /// The shard is closed and read to its end.
+    ShardEnd,
+    /// Another worker holds the lease now.
+    Lost,
+    /// Asked to stop.
+    Stopped,
+}
+
+/// A lease this worker holds.
+struct Held {
+    token: String,
+    cancel: CancellationToken,
+    renewed: Instant,
+}
+
+type Reader<'a> = LocalBoxFuture<'a, (String, ReaderEnd, FeedStats)>;
+
+/// Reads a stream's shards under leases and feeds their records to the pipeline.
+pub struct KinesisSource {
+    kinesis: aws_sdk_kinesis::Client,
+    leases: LeaseTable,
+    config: KinesisConfig,
+    me: String,
+}
+
+impl KinesisSource {
+    /// A source for `config`, with credentials and region from the standard chain.
+    pub async fn new(config: &KinesisConfig) -> anyhow::Result<Self> {
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&config.endpoint).await);
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(&config.lease_endpoint).await);
+        Self::with_clients(config, kinesis, dynamo)
+    }
+
+    /// A source for `config` using these clients.
+    pub fn with_clients(
+        config: &KinesisConfig,
+        kinesis: aws_sdk_kinesis::Client,
+        dynamo: aws_sdk_dynamodb::Client,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !config.stream.trim().is_empty(),
+            "[kinesis] stream is empty; set the stream to read"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&config.max_records),
+            "[kinesis] max_records must be 1 to 10000"
+        );
+        anyhow::ensure!(
+            config.lease_duration_ms >= 300,
+            "[kinesis] lease_duration_ms must be at least 300"
+        );
+        let me = if config.worker_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+            format!("{host}-{}", uuid::Uuid::now_v7())
+        } else {
+            config.worker_id.clone()
+        };
+        Ok(Self {
+            kinesis,
+            leases: LeaseTable::new(dynamo, &config.lease_table, &config.stream),
+            config: config.clone(),
+            me,
+        })
+    }
+
+    /// This worker's name in the lease table.
+    pub fn worker_id(&self) -> &str {
+        &self.me
+    }
+
+    /// Runs until `stop`: keeps this worker's share of the leases, reads their shards into
+    /// `router` (refusals to `rejects`), and on `stop` finishes each shard's batch in
+    /// progress, checkpoints it and gives its leases back.
+    pub async fn run(
+        &self,
+        router: Addr<ContactRouter>,
+        rejects: &RejectLog,
+        max_in_flight: usize,
+        stop: CancellationToken,
+    ) -> FeedStats {
+        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
+        let mut planner = LeasePlanner::new(&self.me, lease_duration);
+        let mut held: HashMap<String, Held> = HashMap::new();
+        let mut readers: FuturesUnordered<Reader<'_>> = FuturesUnordered::new();
+        let mut stats = FeedStats::default();
+        let mut tick = tokio::time::interval(lease_duration / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut synced: Option<Instant> = None;
+        tracing::info!(worker = %self.me, stream = %self.config.stream, "reading Kinesis");
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some((key, end, read)) = readers.next() => {
+                    stats += read;
+                    if let Some(lease) = held.remove(&key)
+                        && end == ReaderEnd::ShardEnd
+                    {
+                        self.give_back(&key, &lease.token).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    let taken = self
+                        .keep_leases(&mut planner, &mut held, &mut synced)
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
+                            Vec::new()
+                        });
+                    for lease in taken {
+                        let token = lease.token.clone().expect("a taken lease has a token");
+                        let cancel = stop.child_token();
+                        held.insert(lease.key.clone(), Held {
+                            token,
+                            cancel: cancel.clone(),
+                            renewed: Instant::now(),
+                        });
+                        readers.push(Box::pin(self.read_shard(lease, cancel, &router, rejects, max_in_flight)));
+                    }
+                }
+            }
+        }
+        for lease in held.values() {
+            lease.cancel.cancel();
+        }
+        while let Some((_, _, read)) = readers.next().await {
+            stats += read;
+        }
+        for (key, lease) in held {
+            self.give_back(&key, &lease.token).await;
+        }
+        stats
+    }
+
+    async fn give_back(&self, key: &str, token: &str) {
+        if let Err(e) = self.leases.release(key, token).await {
+            tracing::warn!(lease = %key, error = format!("{e:#}"), "could not give the lease back; it expires instead");
+        }
+    }
+
+    /// One round of lease upkeep: renews what is held (stopping readers whose lease was
+    /// taken over, or not renewed for a lease duration), adds leases for new shards, and
+    /// takes this worker's share. Returns the leases just taken.
+    async fn keep_leases(
+        &self,
+        planner: &mut LeasePlanner,
+        held: &mut HashMap<String, Held>,
+        synced: &mut Option<Instant>,
+    ) -> anyhow::Result<Vec<Lease>> {
+        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
+        for (key, lease) in held.iter_mut() {
+            if lease.cancel.is_cancelled() {
+                continue;
+            }
+            match self.leases.renew(key, &lease.token).await {
+                Ok(true) => lease.renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::info!(lease = %key, "lease taken over by another worker; stopping its reader");
+                    lease.cancel.cancel();
+                }
+                Err(e) if lease.renewed.elapsed() >= lease_duration => {
+                    tracing::warn!(lease = %key, error = format!("{e:#}"), "lease not renewed for a lease duration; stopping its reader");
+                    lease.cancel.cancel();
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %key, error = format!("{e:#}"), "renewing a lease failed; retrying")
+                }
+            }
+        }
+        let sync_every = Duration::from_millis(self.config.shard_sync_ms);
+        if synced.is_none_or(|at| at.elapsed() >= sync_every) {
+            let shards = self.shards().await?;
+            self.leases
+                .add_missing(&shards, self.config.initial_position.checkpoint())
+                .await?;
+            *synced = Some(Instant::now());
+        }
+        let table = self.leases.list().await?;
+        let keys: HashSet<String> = held.keys().cloned().collect();
+        let mut taken = Vec::new();
+        for take in planner.plan(&table, &keys, Instant::now()) {
+            let token = uuid::Uuid::now_v7().to_string();
+            match self
+                .leases
+                .take(&take.key, take.seen, &self.me, &token)
+                .await?
+            {
+                Some(lease) => {
+                    tracing::info!(lease = %lease.key, checkpoint = %lease.checkpoint, "lease taken");
+                    taken.push(lease);
+                }
+                None => tracing::debug!(lease = %take.key, "another worker moved first"),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Every shard of the stream, closed ones included (their leases gate their children).
+    async fn shards(&self) -> anyhow::Result<Vec<ShardInfo>> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let request = match &next {
+                Some(token) => self.kinesis.list_shards().next_token(token),
+                None => self.kinesis.list_shards().stream_name(&self.config.stream),
+            };
+            let page = request
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("listing the shards of {}", self.config.stream))?;
+            for shard in page.shards() {
+                shards.push(ShardInfo {
+                    shard_id: shard.shard_id().to_string(),
+                    parents: shard
+                        .parent_shard_id()
+                        .into_iter()
+                        .chain(shard.adjacent_parent_shard_id())
+                        .map(str::to_string)
+                        .collect(),
+                });
+            }
+            next = page.next_token().map(str::to_string);
+            if next.is_none() {
+                return Ok(shards);
+            }
+        }
+    }
+
+    /// An iterator positioned just after `checkpoint`.
+    async fn iterator(&self, shard_id: &str, checkpoint: &str) -> anyhow::Result<String> {
+        let request = self
+            .kinesis
+            .get_shard_iterator()
+            .stream_name(&self.config.stream)
+            .shard_id(shard_id);
+        let request = match checkpoint {
+            TRIM_HORIZON => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            LATEST => request.shard_iterator_type(ShardIteratorType::Latest),
+            sequence => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(sequence),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .with_context(|| format!("positioning on {shard_id} after {checkpoint}"))?;
+        out.shard_iterator
+            .context("GetShardIterator returned no iterator")
+    }
+
+    /// Reads one leased shard until it ends, the lease is lost, or `cancel`.
+    async fn read_shard(
+        &self,
+        lease: Lease,
+        cancel: CancellationToken,
+        router: &Addr<ContactRouter>,
+        rejects: &RejectLog,
+        max_in_flight: usize,
+    ) -> (String, ReaderEnd, FeedStats) {
+        let token = lease.token.clone().expect("a held lease has a token");
+        let mut reader = LineReader::new(&format!(
+            "kinesis:{}/{}",
+            self.config.stream, lease.shard_id
+        ));
+        let mut checkpoint = lease.checkpoint.clone();
+        let mut stats = FeedStats::default();
+        let mut failures = 0;
+        let end = 'reading: loop {
+            if failures > 0 {
+                let pause = backoff(200, 10_000, failures);
+                tokio::select! {
+                    () = cancel.cancelled() => break ReaderEnd::Stopped,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            if cancel.is_cancelled() {
+                break ReaderEnd::Stopped;
+            }
+            let mut iterator = match self.iterator(&lease.shard_id, &checkpoint).await {
+                Ok(iterator) => iterator,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(shard = %lease.shard_id, error = format!("{e:#}"), "no shard iterator; retrying");
+                    continue;
+                }
+            };
+            loop {
+                if cancel.is_cancelled() {
+                    break 'reading ReaderEnd::Stopped;
+                }
+                let got = self
+                    .kinesis
+                    .get_records()
+                    .shard_iterator(&iterator)
+                    .limit(self.config.max_records)
+                    .send()
+                    .await;
+                let page = match got {
+                    Ok(page) => page,
+                    Err(e) => {
+                        // Throttling, an expired iterator, an outage: start again from the
+                        // checkpoint after a pause.
+                        failures += 1;
+                        tracing::warn!(shard = %lease.shard_id, error = %DisplayErrorContext(e), "GetRecords failed; retrying from the checkpoint");
+                        continue 'reading;
+                    }
+                };
+                if let Some(last) = page.records().last() {
+                    let batch = self
+                        .feed_batch(&mut reader, page.records(), router, rejects, max_in_flight)
+                        .await;
+                    stats += batch;
+                    if batch.undeliverable > 0 {
+                        failures += 1;
+                        tracing::warn!(shard = %lease.shard_id, undeliverable = batch.undeliverable, "records not durable; reading the batch again");
+                        continue 'reading;
+                    }
+                    let sequence = last.sequence_number().to_string();
+                    match self.leases.checkpoint(&lease.key, &token, &sequence).await {
+                        Ok(true) => checkpoint = sequence,
+                        Ok(false) => break 'reading ReaderEnd::Lost,
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(shard = %lease.shard_id, error = format!("{e:#}"), "checkpoint failed; reading the batch again");
+                            continue 'reading;
+                        }
+                    }
+                }
+                failures = 0;
+                let Some(next) = page.next_shard_iterator else {
+                    // The shard is closed and read to its end.
+                    match self.leases.checkpoint(&lease.key, &token, SHARD_END).await {
+                        Ok(true) => break 'reading ReaderEnd::ShardEnd,
+                        Ok(false) => break 'reading ReaderEnd::Lost,
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(shard = %lease.shard_id, error = format!("{e:#}"), "recording the shard's end failed; retrying");
+                            continue 'reading;
+                        }
+                    }
+                };
+                iterator = next;
+                if page.records.is_empty() {
+                    let idle = Duration::from_millis(self.config.idle_poll_ms);
+                    tokio::select! {
+                        () = cancel.cancelled() => break 'reading ReaderEnd::Stopped,
+                        () = tokio::time::sleep(idle) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!(shard = %lease.shard_id, ?end, %checkpoint, "shard reader ended");
+        (lease.key, end, stats)
+    }
+
+    /// Parses one GetRecords batch and feeds it through the pipeline until every record is
+    /// durable or refused.
+    async fn feed_batch(
+        &self,
+        reader: &mut LineReader,
+        records: &[aws_sdk_kinesis::types::Record],
+        router: &Addr<ContactRouter>,
+        rejects: &RejectLog,
+        max_in_flight: usize,
+    ) -> FeedStats {
+        let mut read = ReadStats::default();
+        let items: Vec<_> = records
+            .iter()
+            .flat_map(|r| reader.ingest_record(r.sequence_number(), r.data().as_ref(), &mut read))
+            .collect();
+        let (tx, rx) = mpsc::channel(items.len().max(1));
+        for item in items {
+            tx.try_send(item)
+                .expect("the channel holds the whole batch");
+        }
+        drop(tx);
+        feed(router.clone(), rx, rejects, max_in_flight).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aws_sdk_kinesis::primitives::Blob;
+    use aws_sdk_kinesis::types::StreamStatus;
+
+    use super::*;
+    use crate::app::run::{Inputs, run};
+    use crate::app::{DataDir, backends};
+    use crate::aws::moto;
+    use crate::config::{Backend, Config};
+    use crate::store::SeqRange;
+
+    /// A stream with `shards` shards on moto, and a client for it.
+    async fn stream(shards: i32) -> (aws_sdk_kinesis::Client, String) {
+        let client = aws_sdk_kinesis::Client::new(&moto::config().await);
+        let name = moto::unique_name("calls");
+        client
+            .create_stream()
+            .stream_name(&name)
+            .shard_count(shards)
+            .send()
+            .await
+            .unwrap();
+        loop {
+            let summary = client
+                .describe_stream_summary()
+                .stream_name(&name)
+                .send()
+                .await
+                .unwrap();
+            let status = summary.stream_description_summary.unwrap().stream_status;
+            if status == StreamStatus::Active {
+                return (client, name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Puts `lines` as one record each, partitioned by contact; the last sequence number
+    /// put on each shard.
+    async fn put(
+        client: &aws_sdk_kinesis::Client,
+        stream: &str,
+        lines: &[(&str, String)],
+    ) -> BTreeMap<String, String> {
+        let mut last = BTreeMap::new();
+        for (contact, line) in lines {
+            let out = client
+                .put_record()
+                .stream_name(stream)
+                .partition_key(*contact)
+                .data(Blob::new(line.as_bytes()))
+                .send()
+                .await
+                .unwrap();
+            last.insert(out.shard_id, out.sequence_number);
+        }
+        last
+    }
+
+    fn call(contact: &str) -> Vec<(&str, String)> {
+        vec![
+            (
+                contact,
+                format!(r#"{{"type":"STARTED","contactId":"{contact}","instanceId":"i-1"}}"#),
+            ),
+            (
+                contact,
+                format!(
+                    r#"{{"type":"SEGMENT","contactId":"{contact}","segmentId":"s-1","participant":"CUSTOMER","transcript":"My order never came.","isPartial":false}}"#
+                ),
+            ),
+            (
+                contact,
+                format!(
+                    r#"{{"type":"SEGMENT","contactId":"{contact}","participant":"AGENT","transcript":"Let me look into it.","isPartial":false}}"#
+                ),
+            ),
+            (
+                contact,
+                format!(r#"{{"type":"ENDED","contactId":"{contact}"}}"#),
+            ),
+        ]
+    }
+
+    /// Runs the pipeline on the stream until every shard's checkpoint reaches `last`.
+    async fn run_until(
+        config: &Config,
+        data: &DataDir,
+        leases: &LeaseTable,
+        last: &BTreeMap<String, String>,
+    ) -> FeedStats {
+        let stop = CancellationToken::new();
+        let inputs = Inputs {
+            kinesis: true,
+            stop: stop.clone(),
+            settle_timeout: Duration::from_secs(60),
+            ..Inputs::default()
+        };
+        let watch = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "checkpoints never reached {last:?}"
+                );
+                let table = leases.list().await.unwrap();
+                let reached = last.iter().all(|(shard, sequence)| {
+                    table
+                        .iter()
+                        .any(|l| &l.shard_id == shard && &l.checkpoint == sequence)
+                });
+                if reached {
+                    stop.cancel();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let backends = backends(config).await.unwrap();
+        let (stats, ()) = tokio::join!(run(config, data, backends, inputs), watch);
+        stats.unwrap()
+    }
+
+    #[actix_rt::test]
+    async fn a_stream_is_read_into_the_log_once_and_resumed_from_its_checkpoints() {
+        let (kinesis, name) = stream(2).await;
+        let sdk = moto::config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let lease_table = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
+        let leases = LeaseTable::new(dynamo, &lease_table, &name);
+        let moto_endpoint = AwsEndpoint {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(moto::endpoint().to_string()),
+        };
+        let mut config = Config::load(None).unwrap();
+        config.models.backend = Backend::StandIn;
+        config.models.stand_in_latency_ms = 0;
+        config.kinesis = Some(KinesisConfig {
+            stream: name.clone(),
+            lease_table,
+            worker_id: "worker-1".into(),
+            lease_duration_ms: 3_000,
+            idle_poll_ms: 20,
+            endpoint: moto_endpoint.clone(),
+            lease_endpoint: moto_endpoint,
+            ..KinesisConfig::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+
+        let mut lines: Vec<(&str, String)> =
+            ["k-1", "k-2", "k-3"].iter().flat_map(|c| call(c)).collect();
+        lines.insert(5, ("junk", "not json at all".into()));
+        let last = put(&kinesis, &name, &lines).await;
+        assert_eq!(last.len(), 2, "records on both shards");
+
+        let stats = run_until(&config, &data, &leases, &last).await;
+        assert_eq!(
+            (stats.appended, stats.rejected, stats.duplicates),
+            (12, 1, 0),
+            "{stats:?}"
+        );
+        let (events, _) = data.stores().unwrap();
+        for contact in ["k-1", "k-2", "k-3"] {
+            let log = events.read(contact, SeqRange::all()).await.unwrap();
+            let kinds: Vec<&str> = log.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(
+                kinds.iter().filter(|k| **k == "UtteranceReceived").count(),
+                2,
+                "{kinds:?}"
+            );
+            assert!(kinds.contains(&"ContactEnded"), "{kinds:?}");
+        }
+        let rejected = std::fs::read_to_string(data.reject_log()).unwrap();
+        assert!(
+            rejected.contains(&format!("kinesis:{name}/shardId-")),
+            "{rejected}"
+        );
+        assert!(rejected.contains("not json at all"), "{rejected}");
+        // On the way out the worker gave its leases back.
+        assert!(
+            leases
+                .list()
+                .await
+                .unwrap()
+                .iter()
+                .all(|l| l.owner.is_none())
+        );
+
+        // The next run starts after the checkpoints: only the new call is read.
+        let more = put(&kinesis, &name, &call("k-4")).await;
+        let mut last = last;
+        last.extend(more);
+        let stats = run_until(&config, &data, &leases, &last).await;
+        assert_eq!(
+            (stats.appended, stats.rejected, stats.duplicates),
+            (4, 0, 0),
+            "{stats:?}"
+        );
+        let k4 = events.read("k-4", SeqRange::all()).await.unwrap();
+        assert!(k4.iter().any(|e| e.kind == "ContactEnded"), "{k4:?}");
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let config: KinesisConfig = toml::from_str("stream = \"calls\"").unwrap();
+        assert_eq!(config.lease_table, "callpulse-leases");
+        assert_eq!(config.initial_position, InitialPosition::TrimHorizon);
+        assert!(toml::from_str::<KinesisConfig>("stream = \"s\"\nshards = 2").is_err());
+        let latest: KinesisConfig =
+            toml::from_str("stream = \"s\"\ninitial_position = \"latest\"").unwrap();
+        assert_eq!(latest.initial_position.checkpoint(), LATEST);
+
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let source = |config: &KinesisConfig| {
+            KinesisSource::with_clients(
+                config,
+                aws_sdk_kinesis::Client::new(&sdk),
+                aws_sdk_dynamodb::Client::new(&sdk),
+            )
+        };
+        let error = source(&KinesisConfig::default()).err().unwrap();
+        assert!(error.to_string().contains("stream"), "{error}");
+        let error = source(&KinesisConfig {
+            max_records: 0,
+            ..config.clone()
+        })
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("max_records"), "{error}");
+        let named = source(&config).unwrap();
+        assert_ne!(
+            named.worker_id(),
+            source(&config).unwrap().worker_id(),
+            "fresh ids differ"
+        );
+    }
+}

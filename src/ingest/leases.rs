@@ -1,0 +1,667 @@
+//! Shard leases for a fleet of workers reading one Kinesis stream, KCL-style: a DynamoDB
+//! table with one item per shard (`<stream>/<shard id>`) holding its owner, a counter the
+//! owner bumps to show it is alive, a fencing token, the checkpoint (the last sequence number
+//! whose records are durable in the event log) and the shard's parents.
+//!
+//! - A worker renews its leases by bumping the counter, on condition that its token is still
+//!   the lease's: a lease taken over by another worker fails to renew, and the loser stops.
+//! - A lease is expired when its counter has not moved for a lease duration, judged on the
+//!   observer's own monotonic clock (no clock sync between workers needed).
+//! - Taking a lease (free, expired, or stolen to balance the fleet) is a conditional update on
+//!   the counter last seen, with a new token; checkpoints are conditional on that token, so a
+//!   worker that lost a lease can never move its checkpoint (fencing).
+//! - A child shard (after a split or merge) is read only once its parents reach `SHARD_END`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ScalarAttributeType};
+
+use crate::store::dynamodb::{create_table, s};
+
+/// The checkpoint of a shard read to its end.
+pub const SHARD_END: &str = "SHARD_END";
+/// The checkpoint of a new shard read from its oldest record.
+pub const TRIM_HORIZON: &str = "TRIM_HORIZON";
+/// The checkpoint of a new shard read from records arriving from now on.
+pub const LATEST: &str = "LATEST";
+
+const KEY: &str = "leaseKey";
+const STREAM: &str = "stream";
+const SHARD: &str = "shardId";
+const OWNER: &str = "owner";
+const TOKEN: &str = "token";
+const COUNTER: &str = "counter";
+const CHECKPOINT: &str = "checkpoint";
+const PARENTS: &str = "parents";
+
+/// One shard's lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// `<stream>/<shard id>`.
+    pub key: String,
+    /// The shard.
+    pub shard_id: String,
+    /// The worker holding it, if any.
+    pub owner: Option<String>,
+    /// The holder's fencing token.
+    pub token: Option<String>,
+    /// Bumped by every renewal and take.
+    pub counter: u64,
+    /// `TRIM_HORIZON`, `LATEST`, a sequence number, or `SHARD_END`.
+    pub checkpoint: String,
+    /// The shards this one was split or merged from.
+    pub parents: Vec<String>,
+}
+
+impl Lease {
+    /// Whether the shard has been read to its end.
+    pub fn finished(&self) -> bool {
+        self.checkpoint == SHARD_END
+    }
+}
+
+/// A shard as the stream lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Its id.
+    pub shard_id: String,
+    /// Its parent and adjacent parent, if any.
+    pub parents: Vec<String>,
+}
+
+/// The lease table of one stream.
+#[derive(Clone)]
+pub struct LeaseTable {
+    client: Client,
+    table: String,
+    stream: String,
+}
+
+/// Whether `error` is DynamoDB refusing a conditional write.
+fn condition_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    error: &SdkError<E, R>,
+) -> bool {
+    error
+        .as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
+impl LeaseTable {
+    /// The leases of `stream` in `table`.
+    pub fn new(client: Client, table: &str, stream: &str) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            stream: stream.into(),
+        }
+    }
+
+    /// Creates the lease table (key `leaseKey`) unless it exists.
+    pub async fn create(client: &Client, table: &str) -> anyhow::Result<()> {
+        create_table(client, table, &[(KEY, ScalarAttributeType::S)], &[]).await
+    }
+
+    fn key(&self, shard_id: &str) -> String {
+        format!("{}/{shard_id}", self.stream)
+    }
+
+    /// Adds a free lease for every shard that has none, starting at `initial`.
+    pub async fn add_missing(&self, shards: &[ShardInfo], initial: &str) -> anyhow::Result<()> {
+        for shard in shards {
+            let parents = shard.parents.iter().map(s).collect();
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(KEY, s(self.key(&shard.shard_id)))
+                .item(STREAM, s(&self.stream))
+                .item(SHARD, s(&shard.shard_id))
+                .item(COUNTER, AttributeValue::N("0".into()))
+                .item(CHECKPOINT, s(initial))
+                .item(PARENTS, AttributeValue::L(parents))
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", KEY)
+                .send()
+                .await;
+            match put {
+                Ok(_) => {
+                    tracing::info!(stream = %self.stream, shard = %shard.shard_id, "lease added")
+                }
+                Err(e) if condition_failed(&e) => {}
+                Err(e) => {
+                    return Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                        .with_context(|| format!("adding the lease of {}", shard.shard_id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every lease of the stream (a consistent scan: the table holds one item per shard).
+    pub async fn list(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression("#s = :s")
+                .expression_attribute_names("#s", STREAM)
+                .expression_attribute_values(":s", s(&self.stream))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("listing the leases in {}", self.table))?;
+            for item in page.items() {
+                leases.push(lease_from_item(item)?);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(leases)
+    }
+
+    /// Takes `lease` for `owner` with a new `token`, if its counter is still `seen`; the
+    /// lease as taken (with its current checkpoint), or `None` when someone moved first.
+    pub async fn take(
+        &self,
+        key: &str,
+        seen: u64,
+        owner: &str,
+        token: &str,
+    ) -> anyhow::Result<Option<Lease>> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .update_expression("SET #o = :o, #t = :t ADD #c :one")
+            .condition_expression("#c = :seen")
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#t", TOKEN)
+            .expression_attribute_names("#c", COUNTER)
+            .expression_attribute_values(":o", s(owner))
+            .expression_attribute_values(":t", s(token))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":seen", AttributeValue::N(seen.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match update {
+            Ok(out) => {
+                let item = out
+                    .attributes
+                    .context("UpdateItem returned no attributes")?;
+                Ok(Some(lease_from_item(&item)?))
+            }
+            Err(e) if condition_failed(&e) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("taking lease {key}")),
+        }
+    }
+
+    /// Runs `update` on `key` if `token` still holds it: `false` when it does not.
+    async fn fenced(
+        &self,
+        key: &str,
+        token: &str,
+        update: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> anyhow::Result<bool> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .update_expression(update)
+            .condition_expression("#t = :token")
+            .expression_attribute_names("#t", TOKEN)
+            .expression_attribute_values(":token", s(token));
+        for (name, value) in values {
+            request = request.expression_attribute_values(*name, value.clone());
+        }
+        for (placeholder, attribute) in [("#o", OWNER), ("#c", COUNTER), ("#k", CHECKPOINT)] {
+            if update.contains(placeholder) {
+                request = request.expression_attribute_names(placeholder, attribute);
+            }
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("updating lease {key}")),
+        }
+    }
+
+    /// Bumps the counter of a lease held with `token`; `false` if it was taken over.
+    pub async fn renew(&self, key: &str, token: &str) -> anyhow::Result<bool> {
+        let one = AttributeValue::N("1".into());
+        self.fenced(key, token, "ADD #c :one", &[(":one", one)])
+            .await
+    }
+
+    /// Records `checkpoint` on a lease held with `token`; `false` if it was taken over.
+    pub async fn checkpoint(
+        &self,
+        key: &str,
+        token: &str,
+        checkpoint: &str,
+    ) -> anyhow::Result<bool> {
+        self.fenced(key, token, "SET #k = :k", &[(":k", s(checkpoint))])
+            .await
+    }
+
+    /// Gives a lease held with `token` up, so that another worker can take it at once.
+    pub async fn release(&self, key: &str, token: &str) -> anyhow::Result<bool> {
+        let one = AttributeValue::N("1".into());
+        self.fenced(key, token, "REMOVE #o, #t ADD #c :one", &[(":one", one)])
+            .await
+    }
+}
+
+fn lease_from_item(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lease> {
+    let text = |name: &str| -> anyhow::Result<String> {
+        match item.get(name) {
+            Some(AttributeValue::S(v)) => Ok(v.clone()),
+            _ => anyhow::bail!("a lease item lacks the string {name}: {item:?}"),
+        }
+    };
+    let optional = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let counter = match item.get(COUNTER) {
+        Some(AttributeValue::N(n)) => n.parse().context("a lease counter")?,
+        _ => anyhow::bail!("a lease item lacks its counter: {item:?}"),
+    };
+    let parents = match item.get(PARENTS) {
+        Some(AttributeValue::L(list)) => {
+            list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+        }
+        _ => Vec::new(),
+    };
+    Ok(Lease {
+        key: text(KEY)?,
+        shard_id: text(SHARD)?,
+        owner: optional(OWNER),
+        token: optional(TOKEN),
+        counter,
+        checkpoint: text(CHECKPOINT)?,
+        parents,
+    })
+}
+
+/// A lease to take, and the counter it must still have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    /// The lease.
+    pub key: String,
+    /// Its counter when last seen.
+    pub seen: u64,
+}
+
+/// Decides which leases a worker takes, from what it has seen of the table over time.
+pub struct LeasePlanner {
+    me: String,
+    lease_duration: Duration,
+    /// Each lease's counter, and when this worker saw it change.
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl LeasePlanner {
+    /// A planner for worker `me`.
+    pub fn new(me: &str, lease_duration: Duration) -> Self {
+        Self {
+            me: me.into(),
+            lease_duration,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The leases to take now, given the table (`leases`, read at `now`) and the keys this
+    /// worker holds. Aims at an even share of the readable shards among live workers: takes
+    /// free and expired leases up to that share, and when none is left steals one lease
+    /// from the busiest worker holding more than the share.
+    pub fn plan(&mut self, leases: &[Lease], held: &HashSet<String>, now: Instant) -> Vec<Take> {
+        self.seen
+            .retain(|key, _| leases.iter().any(|l| &l.key == key));
+        for lease in leases {
+            let entry = self
+                .seen
+                .entry(lease.key.clone())
+                .or_insert((lease.counter, now));
+            if entry.0 != lease.counter {
+                *entry = (lease.counter, now);
+            }
+        }
+        let finished: HashSet<&str> = leases
+            .iter()
+            .filter(|l| l.finished())
+            .map(|l| l.shard_id.as_str())
+            .collect();
+        let known: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
+        // Readable: not finished, and every parent still in the table finished.
+        let readable: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| !l.finished())
+            .filter(|l| {
+                l.parents
+                    .iter()
+                    .all(|p| finished.contains(p.as_str()) || !known.contains(p.as_str()))
+            })
+            .collect();
+        let available = |l: &Lease| match &l.owner {
+            None => true,
+            Some(owner) if *owner == self.me => !held.contains(&l.key),
+            Some(_) => self.expired(l, now),
+        };
+        let mut load: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+        for lease in readable.iter().filter(|l| !available(l)) {
+            load.entry(lease.owner.as_deref().unwrap_or_default())
+                .or_default()
+                .push(lease);
+        }
+        let workers = load.keys().filter(|w| **w != self.me).count() + 1;
+        let share = readable.len().div_ceil(workers);
+        let mine = load.get(self.me.as_str()).map_or(0, Vec::len);
+        let need = share.saturating_sub(mine);
+        let mut takes: Vec<Take> = readable
+            .iter()
+            .filter(|l| available(l))
+            .take(need)
+            .map(|l| Take {
+                key: l.key.clone(),
+                seen: l.counter,
+            })
+            .collect();
+        if takes.len() < need {
+            let busiest = load
+                .iter()
+                .filter(|(worker, _)| **worker != self.me)
+                .max_by_key(|(_, leases)| leases.len());
+            if let Some((_, leases)) = busiest
+                && leases.len() > share
+            {
+                let victim = leases[0];
+                takes.push(Take {
+                    key: victim.key.clone(),
+                    seen: victim.counter,
+                });
+            }
+        }
+        takes
+    }
+
+    /// Whether `lease`'s counter has stood still for a lease duration.
+    fn expired(&self, lease: &Lease, now: Instant) -> bool {
+        self.seen
+            .get(&lease.key)
+            .is_some_and(|(_, since)| now.duration_since(*since) >= self.lease_duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn lease(shard: &str, owner: Option<&str>, counter: u64, checkpoint: &str) -> Lease {
+        Lease {
+            key: format!("s/{shard}"),
+            shard_id: shard.into(),
+            owner: owner.map(Into::into),
+            token: owner.map(|o| format!("{o}-token")),
+            counter,
+            checkpoint: checkpoint.into(),
+            parents: Vec::new(),
+        }
+    }
+
+    fn keys(takes: &[Take]) -> Vec<&str> {
+        takes.iter().map(|t| t.key.as_str()).collect()
+    }
+
+    fn held(keys: &[&str]) -> HashSet<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn a_lone_worker_takes_every_free_lease() {
+        let mut me = LeasePlanner::new("a", 10 * SECOND);
+        let leases = [lease("1", None, 0, TRIM_HORIZON), lease("2", None, 0, "49")];
+        let takes = me.plan(&leases, &held(&[]), Instant::now());
+        assert_eq!(keys(&takes), ["s/1", "s/2"]);
+        assert_eq!(takes[0].seen, 0);
+    }
+
+    #[test]
+    fn a_live_owner_keeps_its_lease_until_its_counter_stands_still() {
+        let start = Instant::now();
+        let mut me = LeasePlanner::new("b", 10 * SECOND);
+        let owned = [lease("1", Some("a"), 5, "7")];
+        assert!(me.plan(&owned, &held(&[]), start).is_empty());
+        // Still 5 after 9 s: not yet expired. Renewed to 6: the clock starts again.
+        assert!(me.plan(&owned, &held(&[]), start + 9 * SECOND).is_empty());
+        let renewed = [lease("1", Some("a"), 6, "7")];
+        assert!(
+            me.plan(&renewed, &held(&[]), start + 15 * SECOND)
+                .is_empty()
+        );
+        // 10 s without a renewal: expired, taken against the counter last seen.
+        let takes = me.plan(&renewed, &held(&[]), start + 25 * SECOND);
+        assert_eq!(
+            takes,
+            [Take {
+                key: "s/1".into(),
+                seen: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn a_new_worker_steals_one_lease_at_a_time_until_the_share_is_even() {
+        let mut b = LeasePlanner::new("b", 10 * SECOND);
+        let now = Instant::now();
+        let leases: Vec<Lease> = (1..=4)
+            .map(|n| lease(&n.to_string(), Some("a"), 3, "1"))
+            .collect();
+        let takes = b.plan(&leases, &held(&[]), now);
+        assert_eq!(keys(&takes), ["s/1"], "one steal per round");
+
+        let mut after = leases.clone();
+        after[0] = lease("1", Some("b"), 4, "1");
+        let takes = b.plan(&after, &held(&["s/1"]), now);
+        assert_eq!(keys(&takes), ["s/2"]);
+
+        // Two each: even, nothing moves (in either direction).
+        after[1] = lease("2", Some("b"), 4, "1");
+        assert!(b.plan(&after, &held(&["s/1", "s/2"]), now).is_empty());
+        let mut a = LeasePlanner::new("a", 10 * SECOND);
+        assert!(a.plan(&after, &held(&["s/3", "s/4"]), now).is_empty());
+    }
+
+    #[test]
+    fn an_odd_shard_out_is_not_stolen_back_and_forth() {
+        let mut b = LeasePlanner::new("b", 10 * SECOND);
+        let leases = [
+            lease("1", Some("a"), 1, "1"),
+            lease("2", Some("a"), 1, "1"),
+            lease("3", Some("b"), 1, "1"),
+        ];
+        assert!(b.plan(&leases, &held(&["s/3"]), Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn children_wait_until_their_parents_reach_shard_end() {
+        let mut me = LeasePlanner::new("a", 10 * SECOND);
+        let parent = lease("0", None, 0, "99");
+        let mut child = lease("1", None, 0, TRIM_HORIZON);
+        child.parents = vec!["0".into()];
+        let takes = me.plan(&[parent.clone(), child.clone()], &held(&[]), Instant::now());
+        assert_eq!(keys(&takes), ["s/0"]);
+
+        let done = lease("0", Some("a"), 4, SHARD_END);
+        let takes = me.plan(&[done, child.clone()], &held(&[]), Instant::now());
+        assert_eq!(keys(&takes), ["s/1"]);
+
+        // A parent no longer in the table (trimmed) does not hold its child back.
+        let takes = me.plan(&[child], &held(&[]), Instant::now());
+        assert_eq!(keys(&takes), ["s/1"]);
+    }
+
+    #[test]
+    fn a_lease_left_under_my_name_by_an_earlier_run_is_taken_back_at_once() {
+        let mut me = LeasePlanner::new("a", 10 * SECOND);
+        let leases = [lease("1", Some("a"), 8, "5")];
+        let takes = me.plan(&leases, &held(&[]), Instant::now());
+        assert_eq!(
+            takes,
+            [Take {
+                key: "s/1".into(),
+                seen: 8
+            }]
+        );
+        assert!(me.plan(&leases, &held(&["s/1"]), Instant::now()).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::aws::moto;
+
+    fn shard(id: &str) -> ShardInfo {
+        ShardInfo {
+            shard_id: id.into(),
+            parents: Vec::new(),
+        }
+    }
+
+    fn owners(leases: &[Lease]) -> Vec<Option<&str>> {
+        leases.iter().map(|l| l.owner.as_deref()).collect()
+    }
+
+    /// Takes what `planner` says, as worker `me`; the keys and tokens taken.
+    async fn take_planned(
+        table: &LeaseTable,
+        planner: &mut LeasePlanner,
+        me: &str,
+        held: &HashMap<String, String>,
+        now: Instant,
+    ) -> Vec<(String, String)> {
+        let leases = table.list().await.unwrap();
+        let keys: HashSet<String> = held.keys().cloned().collect();
+        let mut taken = Vec::new();
+        for take in planner.plan(&leases, &keys, now) {
+            let token = format!("{me}-{}", uuid::Uuid::now_v7());
+            let lease = table.take(&take.key, take.seen, me, &token).await.unwrap();
+            let lease = lease.expect("nobody else moved");
+            assert_eq!(lease.token.as_deref(), Some(token.as_str()));
+            taken.push((take.key, token));
+        }
+        taken
+    }
+
+    #[actix_rt::test]
+    async fn workers_split_the_shards_and_fencing_stops_the_one_that_lost() {
+        let client = aws_sdk_dynamodb::Client::new(&moto::config().await);
+        let name = moto::unique_name("leases");
+        LeaseTable::create(&client, &name).await.unwrap();
+        let table = LeaseTable::new(client.clone(), &name, "calls");
+        let shards: Vec<ShardInfo> = (0..4).map(|n| shard(&format!("shardId-{n}"))).collect();
+        table.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        // Adding again changes nothing; another stream's leases stay apart.
+        table.add_missing(&shards[..1], "42").await.unwrap();
+        LeaseTable::new(client.clone(), &name, "other")
+            .add_missing(&shards[..1], TRIM_HORIZON)
+            .await
+            .unwrap();
+        let leases = table.list().await.unwrap();
+        assert_eq!(leases.len(), 4);
+        assert!(
+            leases
+                .iter()
+                .all(|l| l.checkpoint == TRIM_HORIZON && l.owner.is_none())
+        );
+
+        let t0 = Instant::now();
+        let duration = Duration::from_secs(10);
+        let mut a = LeasePlanner::new("a", duration);
+        let mut a_held: HashMap<String, String> =
+            take_planned(&table, &mut a, "a", &HashMap::new(), t0)
+                .await
+                .into_iter()
+                .collect();
+        assert_eq!(a_held.len(), 4, "alone, a takes every shard");
+
+        // b joins and steals one lease per round until the split is even.
+        let mut b = LeasePlanner::new("b", duration);
+        let mut b_held = HashMap::new();
+        for _ in 0..3 {
+            b_held.extend(take_planned(&table, &mut b, "b", &b_held, t0).await);
+        }
+        assert_eq!(b_held.len(), 2);
+        let leases = table.list().await.unwrap();
+        let a_count = owners(&leases).iter().filter(|o| **o == Some("a")).count();
+        assert_eq!(a_count, 2);
+
+        // a finds out on its next renewal, and its checkpoint on a lost lease is refused.
+        for (key, token) in &a_held {
+            let still_mine = table.renew(key, token).await.unwrap();
+            assert_eq!(still_mine, !b_held.contains_key(key), "{key}");
+            if b_held.contains_key(key) {
+                assert!(!table.checkpoint(key, token, "77").await.unwrap());
+            }
+        }
+        a_held.retain(|key, _| !b_held.contains_key(key));
+        let (key, token) = b_held.iter().next().unwrap();
+        assert!(table.checkpoint(key, token, "77").await.unwrap());
+        let lease = table
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| &l.key == key)
+            .unwrap();
+        assert_eq!(lease.checkpoint, "77");
+
+        // b goes silent: once its counters have stood still for a lease duration on a's
+        // clock, a takes its leases back, checkpoint and all.
+        assert!(
+            take_planned(&table, &mut a, "a", &a_held, t0 + duration / 2)
+                .await
+                .is_empty()
+        );
+        let back = take_planned(&table, &mut a, "a", &a_held, t0 + duration * 2).await;
+        assert_eq!(back.len(), 2);
+        let leases = table.list().await.unwrap();
+        assert_eq!(owners(&leases), [Some("a"); 4]);
+        assert!(leases.iter().any(|l| l.checkpoint == "77"));
+        assert!(!table.renew(key, token).await.unwrap(), "b's token is dead");
+
+        // A lease given back is free at once.
+        let (key, token) = back[0].clone();
+        assert!(table.release(&key, &token).await.unwrap());
+        let free = table
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.key == key)
+            .unwrap();
+        assert_eq!((free.owner, free.token), (None, None));
+        assert!(!table.release(&key, &token).await.unwrap());
+    }
+}
