@@ -1,5 +1,5 @@
 //! The actors with the in-memory store and scripted models: idle timeouts, restarts after
-//! a conflicting writer, retries, deadlines and coalescing in the model gateway.
+//! a conflicting writer, passivation, retries, deadlines and coalescing in the model gateway.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use callpulse::actors::attributes::{AttributeLog, AttributesConfig};
 use callpulse::actors::gateway::{Backends, GatewayConfig, ModelLimits};
-use callpulse::actors::router::Route;
+use callpulse::actors::router::{GetActivity, Route};
 use callpulse::actors::summaries::SummaryFolder;
 use callpulse::actors::{Parts, Pipeline, PipelineConfig};
 use callpulse::events::rules::EscalationRules;
@@ -20,7 +20,7 @@ use callpulse::models::{
     CancellationToken, ModelError, Sentiment, SentimentClassifier, Summariser, Summary, Turn,
 };
 use callpulse::store::memory::{MemoryEventStore, MemoryProjectionStore};
-use callpulse::store::{EventStore, SeqRange};
+use callpulse::store::{Appended, EventStore, Positioned, SeqRange, StoreError};
 
 /// Answers like the stand-in after `latency`, but the first `failures` calls of each kind
 /// fail with a transient error.
@@ -77,8 +77,39 @@ impl Summariser for Scripted {
     }
 }
 
+/// The in-memory store, counting how often the pipeline loads a contact's log.
+struct Counting {
+    inner: Arc<MemoryEventStore>,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl EventStore for Counting {
+    async fn append(&self, events: &[StoredEvent]) -> Result<Appended, StoreError> {
+        self.inner.append(events).await
+    }
+
+    async fn read(
+        &self,
+        contact_id: &str,
+        range: SeqRange,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.read(contact_id, range).await
+    }
+
+    async fn highest_seq(&self, contact_id: &str) -> Result<u64, StoreError> {
+        self.inner.highest_seq(contact_id).await
+    }
+
+    async fn read_all(&self, after: u64, max: usize) -> Result<Vec<Positioned>, StoreError> {
+        self.inner.read_all(after, max).await
+    }
+}
+
 struct Harness {
     store: Arc<MemoryEventStore>,
+    counting: Arc<Counting>,
     pipeline: Pipeline,
     _dir: tempfile::TempDir,
 }
@@ -86,8 +117,12 @@ struct Harness {
 fn start(model: Arc<Scripted>, gateway: GatewayConfig, pipeline: PipelineConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryEventStore::new());
+    let counting = Arc::new(Counting {
+        inner: store.clone(),
+        reads: AtomicUsize::new(0),
+    });
     let parts = Parts {
-        store: store.clone(),
+        store: counting.clone(),
         projections: Arc::new(MemoryProjectionStore::new()),
         backends: Backends {
             sentiment: model.clone(),
@@ -108,6 +143,7 @@ fn start(model: Arc<Scripted>, gateway: GatewayConfig, pipeline: PipelineConfig)
     };
     Harness {
         store,
+        counting,
         pipeline: Pipeline::start(parts),
         _dir: dir,
     }
@@ -198,6 +234,37 @@ async fn a_silent_contact_ends_after_the_idle_timeout_and_is_summarised() {
         })
         .unwrap();
     assert_eq!(ended, EndReason::IdleTimeout);
+}
+
+#[actix_rt::test]
+async fn finished_contacts_are_passivated_for_good_and_never_reloaded() {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    let calls: Vec<String> = (0..20).map(|n| format!("done-{n}")).collect();
+    for call in &calls {
+        h.send(segment(call, "s1", "This is awful.")).await;
+        h.send(end(call)).await;
+    }
+    for call in &calls {
+        h.wait_for(call, "SummaryGenerated").await;
+    }
+    // Settling polls every live contact, holding their addresses meanwhile: a contact
+    // passivated during a poll is restarted by its supervisor, and must stay idle.
+    h.pipeline.settle(Duration::from_secs(10)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.pipeline.router.send(GetActivity).await.unwrap().live > 0 {
+        assert!(Instant::now() < deadline, "contacts were not passivated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.counting.reads.load(Ordering::SeqCst),
+        calls.len(),
+        "each contact's log was loaded once, when its first record came"
+    );
 }
 
 #[actix_rt::test]

@@ -76,6 +76,12 @@ pub struct ContactActor {
     contact: Option<Contact>,
     in_flight: HashSet<InFlight>,
     last_input: Instant,
+    /// Stopped for good by the router. The supervisor still restarts an actor whose address
+    /// is held somewhere (a reply recipient, an activity poll); such a restart stays idle,
+    /// without loading the log or keeping timers, and ends when the last holder lets go.
+    passivated: bool,
+    /// Whether this actor counts in `open_contacts`.
+    counted: bool,
 }
 
 impl ContactActor {
@@ -87,6 +93,8 @@ impl ContactActor {
             contact: None,
             in_flight: HashSet::new(),
             last_input: Instant::now(),
+            passivated: false,
+            counted: false,
         }
     }
 
@@ -410,6 +418,10 @@ impl Actor for ContactActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.passivated {
+            return;
+        }
+        self.counted = true;
         metrics().open_contacts.inc();
         self.load(ctx);
         let every = (self.services.idle_timeout / 4).max(Duration::from_millis(50));
@@ -417,13 +429,17 @@ impl Actor for ContactActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        metrics().open_contacts.dec();
+        if std::mem::take(&mut self.counted) {
+            metrics().open_contacts.dec();
+        }
     }
 }
 
 impl Supervised for ContactActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        tracing::info!(contact = %self.id, "restarting from the log");
+        if !self.passivated {
+            tracing::info!(contact = %self.id, "restarting from the log");
+        }
         self.contact = None;
         self.in_flight.clear();
     }
@@ -508,6 +524,7 @@ impl Handler<Stop> for ContactActor {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        self.passivated = true;
         ctx.stop();
     }
 }

@@ -21,12 +21,21 @@ pub trait SummarySink: Send + Sync + 'static {
 /// `<dir>/<contact>/v<version>.json` and `.md`.
 pub struct SummaryFolder {
     dir: PathBuf,
+    /// Saves running at once: a burst of calls ending together would otherwise start one
+    /// blocking thread per summary, all contending for the same directory's inodes.
+    writers: tokio::sync::Semaphore,
 }
+
+/// Summaries written to the folder at once.
+const CONCURRENT_WRITES: usize = 2;
 
 impl SummaryFolder {
     /// A sink writing under `dir` (created when needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            writers: tokio::sync::Semaphore::new(CONCURRENT_WRITES),
+        }
     }
 
     fn path(&self, contact_id: &str, version: u32, ext: &str) -> PathBuf {
@@ -101,6 +110,7 @@ impl SummarySink for SummaryFolder {
             self.path(contact_id, summary.version, "json"),
             self.path(contact_id, summary.version, "md"),
         );
+        let _permit = self.writers.acquire().await.map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || {
             write_atomically(&md_path, md.as_bytes())?;
             write_atomically(&json_path, &json)

@@ -801,6 +801,13 @@ async fn projection_rows_round_trip_and_filter(backend: &dyn Backend) {
         );
     }
     assert_eq!(store.contact("nobody").await.unwrap(), None);
+    let some = store
+        .rows(&["c".into(), "nobody".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 2);
+    assert_eq!(some.get("a"), Some(&rows[1]));
+    assert_eq!(some.get("c"), Some(&rows[4]));
 
     let ids = async |filter: ContactFilter| -> Vec<String> {
         let rows = store.contacts(&filter).await.unwrap();

@@ -23,6 +23,8 @@ pub mod sqlite;
 #[cfg(test)]
 mod conformance;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -266,6 +268,21 @@ pub trait ProjectionStore: Send + Sync + 'static {
 
     /// One contact's row.
     async fn contact(&self, contact_id: &str) -> Result<Option<ContactRow>, StoreError>;
+
+    /// The rows of those of `contact_ids` that have one, by contact id. Stores that can
+    /// fetch many rows in one round trip override this; the default asks for each.
+    async fn rows(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<HashMap<String, ContactRow>, StoreError> {
+        let mut rows = HashMap::new();
+        for id in contact_ids {
+            if let Some(row) = self.contact(id).await? {
+                rows.insert(id.clone(), row);
+            }
+        }
+        Ok(rows)
+    }
 
     /// Rows passing `filter`, oldest start first.
     async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError>;

@@ -1,8 +1,8 @@
 //! The contacts read model: a pure fold of a contact's events into its [`ContactRow`], and
 //! [`catch_up`], which brings a [`ProjectionStore`] up to date with an [`EventStore`].
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use super::{ContactRow, EventStore, ProjectionStore, SeqRange, StoreError};
 use crate::events::{Event, StoredEvent};
@@ -66,18 +66,27 @@ pub async fn catch_up(
             return Ok(folded);
         };
         position = last.position;
-        // Each contact's row, and its `last_seq` as loaded.
+        // Each contact's row, and its `last_seq` as loaded, fetched for the page at once.
+        let ids: Vec<String> = page
+            .iter()
+            .map(|item| item.event.contact_id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let mut stored = projections.rows(&ids).await?;
         let mut rows: HashMap<String, (ContactRow, u64)> = HashMap::new();
         for item in &page {
             let event = &item.event;
             let (row, _) = match rows.entry(event.contact_id.clone()) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
-                    let row = projections.contact(&event.contact_id).await?;
-                    let row = row.unwrap_or_else(|| ContactRow {
-                        contact_id: event.contact_id.clone(),
-                        ..ContactRow::default()
-                    });
+                    let row = stored
+                        .remove(&event.contact_id)
+                        .unwrap_or_else(|| ContactRow {
+                            contact_id: event.contact_id.clone(),
+                            ..ContactRow::default()
+                        });
                     let loaded = row.last_seq;
                     entry.insert((row, loaded))
                 }

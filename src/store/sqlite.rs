@@ -860,6 +860,30 @@ impl ProjectionStore for SqliteProjectionStore {
             .await
     }
 
+    /// One read connection and one cached statement for them all.
+    async fn rows(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<HashMap<String, ContactRow>, StoreError> {
+        let contact_ids = contact_ids.to_vec();
+        self.db
+            .read(move |conn| {
+                let mut statement = conn.prepare_cached(concat!(
+                    "SELECT ",
+                    contact_columns!(),
+                    " FROM contacts WHERE contact_id = ?1"
+                ))?;
+                let mut rows = HashMap::new();
+                for id in contact_ids {
+                    if let Some(row) = statement.query_row([&id], contact_from_row).optional()? {
+                        rows.insert(id, row);
+                    }
+                }
+                Ok(rows)
+            })
+            .await
+    }
+
     async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError> {
         // Only the conditions asked for, so that SQLite can use the matching index.
         let mut conditions = Vec::new();
