@@ -48,6 +48,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// `open_contacts`: contacts with a live actor.
     pub open_contacts: IntGauge,
+    /// `kinesis_millis_behind{shard}`: how far this worker's reader of each leased shard is
+    /// behind the stream's tip, as GetRecords reports it.
+    pub kinesis_millis_behind: IntGaugeVec,
 }
 
 /// Registers `collector` and hands it back. Names are fixed and distinct, so failing here is
@@ -157,6 +160,17 @@ impl Metrics {
             open_contacts: register(
                 r,
                 IntGauge::new("open_contacts", "Contacts with a live actor").expect("valid metric"),
+            ),
+            kinesis_millis_behind: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "kinesis_millis_behind",
+                        "Milliseconds each leased Kinesis shard's reader is behind the tip",
+                    ),
+                    &["shard"],
+                )
+                .expect("valid metric"),
             ),
             registry,
         }

@@ -25,6 +25,7 @@ use crate::actors::feed::{FeedStats, feed};
 use crate::actors::router::ContactRouter;
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::backoff::backoff;
+use crate::metrics::metrics;
 use crate::models::CancellationToken;
 
 /// The `[kinesis]` config table.
@@ -402,6 +403,12 @@ impl KinesisSource {
                         continue 'reading;
                     }
                 };
+                if let Some(behind) = page.millis_behind_latest {
+                    metrics()
+                        .kinesis_millis_behind
+                        .with_label_values(&[lease.shard_id.as_str()])
+                        .set(behind);
+                }
                 if let Some(last) = page.records().last() {
                     let batch = self
                         .feed_batch(&mut reader, page.records(), router, rejects, max_in_flight)
@@ -658,6 +665,12 @@ mod tests {
             "{rejected}"
         );
         assert!(rejected.contains("not json at all"), "{rejected}");
+        // Operators see each shard's lag.
+        let exposed = crate::metrics::render();
+        assert!(
+            exposed.contains("callpulse_kinesis_millis_behind{shard=\"shardId-"),
+            "{exposed}"
+        );
         // On the way out the worker gave its leases back.
         assert!(
             leases

@@ -808,6 +808,17 @@ async fn projection_rows_round_trip_and_filter(backend: &dyn Backend) {
     assert_eq!(some.len(), 2);
     assert_eq!(some.get("a"), Some(&rows[1]));
     assert_eq!(some.get("c"), Some(&rows[4]));
+    // More ids than one DynamoDB BatchGetItem takes.
+    let many: Vec<ContactRow> = (0..120)
+        .map(|i| row(&format!("many-{i}"), Some(i % 50), false, None))
+        .collect();
+    store.save(&many, 17).await.unwrap();
+    let ids: Vec<String> = many.iter().map(|r| r.contact_id.clone()).collect();
+    let found = store.rows(&ids).await.unwrap();
+    assert_eq!(found.len(), 120);
+    assert!(many.iter().all(|r| found.get(&r.contact_id) == Some(r)));
+    store.reset().await.unwrap();
+    store.save(&rows, 17).await.unwrap();
 
     let ids = async |filter: ContactFilter| -> Vec<String> {
         let rows = store.contacts(&filter).await.unwrap();

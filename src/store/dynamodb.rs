@@ -85,8 +85,8 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnConsumedCapacity,
-    ScalarAttributeType, TransactWriteItem,
+    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
+    ReturnConsumedCapacity, ScalarAttributeType, TransactWriteItem,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,7 @@ use super::{
     StoreError, check_batch, sort_contacts,
 };
 use crate::aws::{AwsEndpoint, sdk_config};
+use crate::backoff::backoff;
 use crate::events::StoredEvent;
 use crate::models::Label;
 
@@ -121,6 +122,9 @@ const POSITIONS_PER_MICRO: u64 = 1024;
 
 /// Attempts of an append whose transaction collides with another one on the same items.
 const TRANSACTION_ATTEMPTS: u32 = 5;
+
+/// Keys per BatchGetItem request (DynamoDB's limit).
+const BATCH_GET_KEYS: usize = 100;
 
 /// Partition key of both tables.
 const PK: &str = "pk";
@@ -689,6 +693,56 @@ impl ProjectionStore for DynamoProjectionStore {
             .await
             .map_err(|e| unavailable("GetItem", e))?;
         found.item.as_ref().map(row_from_item).transpose()
+    }
+
+    /// BatchGetItem, [`BATCH_GET_KEYS`] keys a request; keys DynamoDB leaves unprocessed
+    /// (throttling) are asked for again after a pause.
+    async fn rows(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<HashMap<String, ContactRow>, StoreError> {
+        let mut rows = HashMap::new();
+        for chunk in contact_ids.chunks(BATCH_GET_KEYS) {
+            let keys = chunk
+                .iter()
+                .map(|id| HashMap::from([(PK.to_string(), s(row_pk(id)))]))
+                .collect();
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .expect("keys are set");
+            let mut attempts = 0;
+            loop {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("BatchGetItem", e))?;
+                let found = out.responses.and_then(|mut r| r.remove(&self.table));
+                for item in found.unwrap_or_default() {
+                    let row = row_from_item(&item)?;
+                    rows.insert(row.contact_id.clone(), row);
+                }
+                match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                    Some(rest) if !rest.keys().is_empty() => {
+                        attempts += 1;
+                        if attempts >= TRANSACTION_ATTEMPTS {
+                            return Err(StoreError::Unavailable(format!(
+                                "BatchGetItem left {} keys unprocessed after {attempts} tries",
+                                rest.keys().len()
+                            )));
+                        }
+                        tokio::time::sleep(backoff(50, 2_000, attempts)).await;
+                        request = rest;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(rows)
     }
 
     async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError> {
