@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::Services;
 use super::attributes::{AttributeOutcome, SetAttributes};
@@ -249,13 +249,13 @@ impl ContactActor {
                 } => {
                     if self
                         .in_flight
-                        .insert(InFlight::Sentiment(segment_id.clone()))
+                        .insert(InFlight::Sentiment(segment_id.to_string()))
                     {
                         self.services.gateway.do_send(JudgeUtterance {
                             contact_id: self.id.clone(),
-                            segment_id: segment_id.clone(),
+                            segment_id: segment_id.to_string(),
                             participant: *participant,
-                            text: text.clone(),
+                            text: text.to_string(),
                             context: context_before(
                                 contact,
                                 segment_id,
@@ -273,7 +273,7 @@ impl ContactActor {
                         self.services.attributes.do_send(SetAttributes {
                             contact_id: self.id.clone(),
                             for_seq: *for_seq,
-                            attributes: attributes.clone(),
+                            attributes: (*attributes).clone(),
                             reply: ctx.address().recipient(),
                         });
                     }
@@ -372,13 +372,6 @@ fn context_before(contact: &Contact, segment_id: &str, n: usize) -> Vec<crate::m
         .collect()
 }
 
-/// RFC 3339 time of a record, or now when absent or unreadable.
-fn time_or_now(timestamp: Option<&str>) -> DateTime<Utc> {
-    timestamp
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(Utc::now, |t| t.with_timezone(&Utc))
-}
-
 /// The command a record stands for.
 fn command_for(record: Record) -> Command {
     match record {
@@ -392,7 +385,7 @@ fn command_for(record: Record) -> Command {
         } => Command::Start(ContactStarted {
             instance_id,
             channel,
-            started_at: time_or_now(timestamp.as_deref()),
+            started_at: timestamp.unwrap_or_else(Utc::now),
             media_stream_arn,
             start_fragment_number,
             implicit: false,
@@ -408,7 +401,7 @@ fn command_for(record: Record) -> Command {
             at: Utc::now(),
         },
         Record::Ended { timestamp, .. } => Command::End(ContactEnded {
-            ended_at: time_or_now(timestamp.as_deref()),
+            ended_at: timestamp.unwrap_or_else(Utc::now),
             reason: EndReason::Ended,
         }),
     }

@@ -58,22 +58,22 @@ pub enum Refusal {
 
 /// Work the contact is waiting for; the actor dispatches what is not already in flight.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Due {
+pub enum Due<'a> {
     /// Judge this utterance.
     Sentiment {
         /// The segment.
-        segment_id: String,
+        segment_id: &'a str,
         /// Who spoke.
         participant: Participant,
         /// What was said.
-        text: String,
+        text: &'a str,
     },
     /// Set these attributes (asked for by event `for_seq`).
     Attributes {
         /// The event that asked.
         for_seq: u64,
         /// What to set.
-        attributes: BTreeMap<String, String>,
+        attributes: &'a BTreeMap<String, String>,
     },
     /// Write summary `version`.
     Summary {
@@ -342,7 +342,7 @@ impl Contact {
     }
 
     /// Everything the contact is waiting for, oldest first.
-    pub fn due(&self) -> Vec<Due> {
+    pub fn due(&self) -> Vec<Due<'_>> {
         let mut waiting: Vec<usize> = self.awaiting_sentiment.values().copied().collect();
         waiting.sort_unstable();
         let mut due: Vec<Due> = waiting
@@ -350,9 +350,9 @@ impl Contact {
             .map(|index| {
                 let spoken = &self.spoken[index];
                 Due::Sentiment {
-                    segment_id: spoken.segment_id.clone(),
+                    segment_id: &spoken.segment_id,
                     participant: spoken.participant,
-                    text: spoken.text.clone(),
+                    text: &spoken.text,
                 }
             })
             .collect();
@@ -361,7 +361,7 @@ impl Contact {
                 .iter()
                 .map(|(&for_seq, attributes)| Due::Attributes {
                     for_seq,
-                    attributes: attributes.clone(),
+                    attributes,
                 }),
         );
         if self.summary_wanted > self.summary_version

@@ -174,12 +174,12 @@ fn due_work_follows_the_log() {
         "{:?}",
         c.due()
     );
-    let Due::Attributes {
-        for_seq,
-        attributes,
-    } = c.due().remove(0)
-    else {
-        unreachable!()
+    let (for_seq, attributes) = match c.due().remove(0) {
+        Due::Attributes {
+            for_seq,
+            attributes,
+        } => (for_seq, attributes.clone()),
+        other => unreachable!("{other:?}"),
     };
     when(
         &mut c,

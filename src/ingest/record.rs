@@ -2,6 +2,7 @@
 //! seed's minimal form `{"contactId","transcript","isPartial"}` with no `type`; and, through
 //! [`parse_line`], Contact Lens real-time segment records (see [`super::contact_lens`]).
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,8 +20,8 @@ pub enum Record {
         contact_id: String,
         /// Connect instance, when given.
         instance_id: Option<String>,
-        /// When the call began (RFC 3339), when given.
-        timestamp: Option<String>,
+        /// When the call began, when given (RFC 3339 in the record).
+        timestamp: Option<DateTime<Utc>>,
         /// `VOICE`, `CHAT` or `TASK`, when given.
         channel: Option<String>,
         /// Kinesis Video Streams ARN of the call's live media stream, when given.
@@ -34,8 +35,8 @@ pub enum Record {
     Ended {
         /// Contact id.
         contact_id: String,
-        /// When the call ended, when given.
-        timestamp: Option<String>,
+        /// When the call ended, when given (RFC 3339 in the record).
+        timestamp: Option<DateTime<Utc>>,
     },
 }
 
@@ -86,6 +87,31 @@ pub enum RecordError {
     /// Not valid UTF-8.
     #[error("record is not valid UTF-8")]
     InvalidUtf8,
+    /// A field that is there but cannot be read.
+    #[error("field {field} {value:?} is not {expected}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What it held (at most 64 characters of it).
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+}
+
+/// An RFC 3339 time, when given; anything else is refused rather than replaced by now.
+fn timestamp(value: Option<String>) -> Result<Option<DateTime<Utc>>, RecordError> {
+    value
+        .map(|text| {
+            DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| RecordError::InvalidField {
+                    field: "timestamp",
+                    value: text.chars().take(64).collect(),
+                    expected: "an RFC 3339 time such as 2026-11-24T09:00:00Z",
+                })
+        })
+        .transpose()
 }
 
 #[derive(Deserialize)]
@@ -157,14 +183,14 @@ fn from_json(value: Value) -> Result<Record, RecordError> {
         "STARTED" => Ok(Record::Started {
             contact_id,
             instance_id: raw.instance_id,
-            timestamp: raw.timestamp,
+            timestamp: timestamp(raw.timestamp)?,
             channel: raw.channel,
             media_stream_arn: raw.media_stream_arn,
             start_fragment_number: raw.start_fragment_number,
         }),
         "ENDED" => Ok(Record::Ended {
             contact_id,
-            timestamp: raw.timestamp,
+            timestamp: timestamp(raw.timestamp)?,
         }),
         "SEGMENT" => Ok(Record::Segment(Segment {
             contact_id,
@@ -184,6 +210,40 @@ fn from_json(value: Value) -> Result<Record, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_read_or_refused_never_replaced() {
+        let Record::Started { timestamp, .. } =
+            parse(r#"{"type":"STARTED","contactId":"c","timestamp":"2026-11-24T10:00:00+01:00"}"#)
+                .unwrap()
+        else {
+            panic!("not STARTED")
+        };
+        assert_eq!(timestamp.unwrap().to_rfc3339(), "2026-11-24T09:00:00+00:00");
+        let error =
+            parse(r#"{"type":"ENDED","contactId":"c","timestamp":"yesterday at 5"}"#).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RecordError::InvalidField {
+                    field: "timestamp",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "field timestamp \"yesterday at 5\" is not an RFC 3339 time such as 2026-11-24T09:00:00Z"
+        );
+        assert_eq!(
+            parse(r#"{"type":"ENDED","contactId":"c"}"#).unwrap(),
+            Record::Ended {
+                contact_id: "c".into(),
+                timestamp: None
+            }
+        );
+    }
 
     #[test]
     fn parses_the_three_kinds_and_the_minimal_form() {
