@@ -496,6 +496,7 @@ mod tests {
     use crate::app::{DataDir, backends};
     use crate::aws::moto;
     use crate::config::{Backend, Config};
+    use crate::ingest::source::RejectLog;
     use crate::store::SeqRange;
 
     /// A stream with `shards` shards on moto, and a client for it.
@@ -689,6 +690,166 @@ mod tests {
         );
         let k4 = events.read("k-4", SeqRange::all()).await.unwrap();
         assert!(k4.iter().any(|e| e.kind == "ContactEnded"), "{k4:?}");
+    }
+
+    /// Each shard's lease owner, by shard id.
+    async fn owners(leases: &LeaseTable) -> BTreeMap<String, Option<String>> {
+        let table = leases.list().await.unwrap();
+        table.into_iter().map(|l| (l.shard_id, l.owner)).collect()
+    }
+
+    /// Waits (at most 30 s) until `done` holds for the lease table.
+    async fn wait_for_leases(leases: &LeaseTable, what: &str, done: impl Fn(&[Lease]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let table = leases.list().await.unwrap();
+            if done(&table) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {table:#?}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn two_workers_share_a_stream_and_hand_shards_over_while_reading() {
+        let (kinesis, name) = stream(4).await;
+        let sdk = moto::config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let lease_table = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
+        let leases = LeaseTable::new(dynamo.clone(), &lease_table, &name);
+        let mut config = Config::load(None).unwrap();
+        config.models.backend = Backend::StandIn;
+        config.models.stand_in_latency_ms = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let pipeline = crate::actors::Pipeline::start(
+            crate::app::parts(&config, &data, backends(&config).await.unwrap())
+                .await
+                .unwrap(),
+        );
+        let rejects = RejectLog::open(&data.reject_log()).unwrap();
+        let worker = |id: &str| {
+            let config = KinesisConfig {
+                stream: name.clone(),
+                lease_table: lease_table.clone(),
+                worker_id: id.into(),
+                lease_duration_ms: 900,
+                idle_poll_ms: 20,
+                ..KinesisConfig::default()
+            };
+            KinesisSource::with_clients(&config, kinesis.clone(), dynamo.clone()).unwrap()
+        };
+        let (a, b) = (worker("a"), worker("b"));
+        let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+
+        // Two records of each call on every shard: the first half now, the rest once the
+        // shards have been split between the workers.
+        let shards = kinesis
+            .list_shards()
+            .stream_name(&name)
+            .send()
+            .await
+            .unwrap()
+            .shards
+            .unwrap();
+        let calls: Vec<(String, String)> = (0..8)
+            .map(|n| {
+                let range = shards[n % 4].hash_key_range().unwrap();
+                (format!("k-{n}"), range.starting_hash_key().to_string())
+            })
+            .collect();
+        let put_lines = |part: std::ops::Range<usize>| {
+            let kinesis = kinesis.clone();
+            let (name, calls) = (name.clone(), calls.clone());
+            async move {
+                let mut last = BTreeMap::new();
+                for (contact, hash) in &calls {
+                    for (_, line) in &call(contact)[part.clone()] {
+                        let out = kinesis
+                            .put_record()
+                            .stream_name(&name)
+                            .partition_key(contact)
+                            .explicit_hash_key(hash)
+                            .data(Blob::new(line.as_bytes()))
+                            .send()
+                            .await
+                            .unwrap();
+                        last.insert(out.shard_id, out.sequence_number);
+                    }
+                }
+                last
+            }
+        };
+        let reached = |last: BTreeMap<String, String>| {
+            move |table: &[Lease]| {
+                last.iter().all(|(shard, sequence)| {
+                    table
+                        .iter()
+                        .any(|l| &l.shard_id == shard && &l.checkpoint == sequence)
+                })
+            }
+        };
+        let router = pipeline.router.clone();
+        let b_started = CancellationToken::new();
+        let driving = async {
+            let first = put_lines(0..2).await;
+            assert_eq!(first.len(), 4, "the first half on every shard");
+            wait_for_leases(&leases, "a reading every shard", reached(first)).await;
+            assert!(
+                owners(&leases)
+                    .await
+                    .values()
+                    .all(|o| o.as_deref() == Some("a"))
+            );
+            b_started.cancel();
+            wait_for_leases(&leases, "an even split", |table| {
+                table
+                    .iter()
+                    .filter(|l| l.owner.as_deref() == Some("b"))
+                    .count()
+                    == 2
+                    && table
+                        .iter()
+                        .filter(|l| l.owner.as_deref() == Some("a"))
+                        .count()
+                        == 2
+            })
+            .await;
+            let rest = put_lines(2..4).await;
+            wait_for_leases(&leases, "the rest read", reached(rest)).await;
+            stop_a.cancel();
+            stop_b.cancel();
+        };
+        let running_b = async {
+            b_started.cancelled().await;
+            b.run(router.clone(), &rejects, 64, stop_b.clone()).await
+        };
+        let (read_a, read_b, ()) = tokio::join!(
+            a.run(router.clone(), &rejects, 64, stop_a.clone()),
+            running_b,
+            driving
+        );
+        pipeline.settle(Duration::from_secs(30)).await.unwrap();
+
+        assert!(read_b.appended > 0, "b read the shards it took: {read_b:?}");
+        assert_eq!(
+            read_a.appended + read_b.appended,
+            32,
+            "{read_a:?} {read_b:?}"
+        );
+        assert_eq!(read_a.rejected + read_b.rejected, 0);
+        let (events, _) = data.stores().unwrap();
+        for (contact, _) in &calls {
+            let log = events.read(contact, SeqRange::all()).await.unwrap();
+            let kinds: Vec<&str> = log.iter().map(|e| e.kind.as_str()).collect();
+            let received = kinds.iter().filter(|k| **k == "UtteranceReceived").count();
+            assert_eq!(received, 2, "{contact}: {kinds:?}");
+            assert_eq!(kinds.iter().filter(|k| **k == "ContactEnded").count(), 1);
+        }
+        assert!(owners(&leases).await.values().all(Option::is_none));
+        pipeline.stop();
     }
 
     #[test]
