@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use callpulse::app::query::{self, Format};
 use callpulse::app::replay::{self, ReplayTarget};
@@ -73,18 +73,16 @@ enum Command {
     },
     /// Regenerate summaries as new versions (old versions stay).
     Replay {
-        /// The contact to replay.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        contact_id: Option<String>,
-        /// Every ended contact.
-        #[arg(long)]
-        all: bool,
-        /// With --all: only contacts started at or after this time (RFC 3339).
-        #[arg(long, requires = "all")]
-        since: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        contacts: Contacts,
         /// Show what would be written; append nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Saved summaries.
+    Summaries {
+        #[command(subcommand)]
+        action: SummariesAction,
     },
     /// Audit queries over the read models and the event log.
     Query {
@@ -159,6 +157,42 @@ enum QueryWhat {
 enum StoreAction {
     /// Create the configured DynamoDB tables if they are missing (SQLite needs nothing).
     Init,
+}
+
+/// One contact, or every contact (since a time).
+#[derive(Args)]
+struct Contacts {
+    /// The contact.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    contact_id: Option<String>,
+    /// Every contact.
+    #[arg(long)]
+    all: bool,
+    /// With --all: only contacts started at or after this time (RFC 3339).
+    #[arg(long, requires = "all")]
+    since: Option<DateTime<Utc>>,
+}
+
+impl Contacts {
+    fn target(self) -> ReplayTarget {
+        match self.contact_id {
+            Some(id) => ReplayTarget::Contact(id),
+            None => ReplayTarget::All { since: self.since },
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SummariesAction {
+    /// Save each contact's latest summary to the configured sink again (after the store
+    /// or the CRM webhook was down); no model runs, nothing is appended.
+    Resend {
+        #[command(flatten)]
+        contacts: Contacts,
+        /// Only summaries the store does not have yet.
+        #[arg(long)]
+        missing: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,19 +372,11 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 data.reject_log().display()
             );
         }
-        Command::Replay {
-            contact_id,
-            all: _,
-            since,
-            dry_run,
-        } => {
+        Command::Replay { contacts, dry_run } => {
             let data = DataDir::open(&data_dir)?;
             let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let backends = callpulse::app::backends(&config).await?;
-            let target = match contact_id {
-                Some(id) => ReplayTarget::Contact(id),
-                None => ReplayTarget::All { since },
-            };
+            let target = contacts.target();
             let sink = callpulse::app::summary_sink(&config, &data).await?;
             let report = replay::replay(
                 events.as_ref(),
@@ -364,6 +390,28 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             )
             .await?;
             eprintln!("{report}");
+        }
+        Command::Summaries {
+            action: SummariesAction::Resend { contacts, missing },
+        } => {
+            let data = DataDir::open(&data_dir)?;
+            let (events, projections) = callpulse::app::stores(&config, &data).await?;
+            let target = contacts.target();
+            let sink = callpulse::app::summary_sink(&config, &data).await?;
+            let report = callpulse::app::resend::resend(
+                events.as_ref(),
+                projections.as_ref(),
+                std::sync::Arc::new(config.escalation.clone()),
+                sink.as_ref(),
+                &target,
+                missing,
+                &mut std::io::stdout(),
+            )
+            .await?;
+            eprintln!("{report}");
+            if report.failed > 0 {
+                std::process::exit(1);
+            }
         }
         Command::Query { what } => {
             let data = DataDir::open(&data_dir)?;

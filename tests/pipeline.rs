@@ -1,5 +1,5 @@
-//! The pipeline end to end through the command line: `run`, `query`, `replay`, `verify`,
-//! with the real SQLite store. The escalation-exactness tests use the fixed-latency model
+//! The pipeline end to end through the command line: `run`, `query`, `replay`,
+//! `summaries resend`, `verify`, with the real SQLite store. The escalation-exactness tests use the fixed-latency model
 //! stand-in (its labels follow cue words, so where the rules must fire is known); the last
 //! test runs a sample call through the real local SLM.
 
@@ -308,6 +308,32 @@ fn replay_adds_version_two_and_leaves_version_one_alone() {
     let listed = ws.contacts(&[]);
     let angry = listed.iter().find(|c| c["contactId"] == "angry").unwrap();
     assert_eq!(angry["summaryVersion"], 2);
+}
+
+#[test]
+fn summaries_lost_from_the_store_are_resent_from_the_log() {
+    let ws = Workspace::stand_in(0);
+    let input = ws.write_input("calls.jsonl", &interleaved());
+    ws.run(&input);
+    let calm = ws.path("data/summaries/calm/v1.json");
+    let bytes = std::fs::read(&calm).unwrap();
+    std::fs::remove_dir_all(ws.path("data/summaries/calm")).unwrap();
+
+    let out = ws.ok(&["summaries", "resend", "--all", "--missing"]);
+    assert!(out.contains("calm  v1  saved"), "{out}");
+    assert!(out.contains("angry  skipped: v1 already saved"), "{out}");
+    assert_eq!(
+        std::fs::read(&calm).unwrap(),
+        bytes,
+        "the same summary, byte for byte"
+    );
+    assert_eq!(
+        ws.contact("calm")["summaries"].as_array().unwrap().len(),
+        1,
+        "nothing appended"
+    );
+    let out = ws.ok(&["summaries", "resend", "twice"]);
+    assert!(out.contains("twice  v1  saved"), "{out}");
 }
 
 #[test]

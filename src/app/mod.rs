@@ -3,6 +3,7 @@
 
 pub mod query;
 pub mod replay;
+pub mod resend;
 pub mod run;
 
 #[cfg(test)]

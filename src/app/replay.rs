@@ -30,6 +30,29 @@ pub enum ReplayTarget {
     },
 }
 
+impl ReplayTarget {
+    /// The contacts meant: the one named, or every contact in the read model (brought up
+    /// to date first) that started at or after `since`.
+    pub async fn contact_ids(
+        &self,
+        events: &dyn EventStore,
+        projections: &dyn ProjectionStore,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            ReplayTarget::Contact(id) => Ok(vec![id.clone()]),
+            ReplayTarget::All { since } => {
+                catch_up(events, projections, BATCH).await?;
+                let filter = ContactFilter {
+                    since: *since,
+                    ..ContactFilter::default()
+                };
+                let rows = projections.contacts(&filter).await?;
+                Ok(rows.into_iter().map(|row| row.contact_id).collect())
+            }
+        }
+    }
+}
+
 /// What a replay did, contact by contact.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -94,18 +117,7 @@ pub async fn replay(
     dry_run: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<ReplayReport> {
-    let ids = match target {
-        ReplayTarget::Contact(id) => vec![id.clone()],
-        ReplayTarget::All { since } => {
-            catch_up(events, projections, BATCH).await?;
-            let filter = ContactFilter {
-                since: *since,
-                ..ContactFilter::default()
-            };
-            let rows = projections.contacts(&filter).await?;
-            rows.into_iter().map(|row| row.contact_id).collect()
-        }
-    };
+    let ids = target.contact_ids(events, projections).await?;
     let mut report = ReplayReport {
         dry_run,
         ..ReplayReport::default()
