@@ -42,7 +42,9 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Most requests (append batches, projection saves) committed in one transaction.
 pub const MAX_GROUP: usize = 512;
 
-/// Read connections kept open between reads (more are opened while reads pile up).
+/// Reads running at once, each on its own pooled connection. More would each open (and
+/// drop) a connection, parsing the schema and preparing statements again: a burst of
+/// contacts loading their logs waits for a pooled connection instead.
 const READ_POOL: usize = 4;
 
 /// Page cache of the write connection, KiB: room for every page one group dirties, so that
@@ -132,6 +134,8 @@ struct Shared {
     path: PathBuf,
     writer: mpsc::Sender<Request>,
     readers: Mutex<Vec<Connection>>,
+    /// [`READ_POOL`] permits, one per running read.
+    read_slots: tokio::sync::Semaphore,
 }
 
 impl SqliteDb {
@@ -168,6 +172,7 @@ impl SqliteDb {
                 path,
                 writer,
                 readers: Mutex::new(Vec::new()),
+                read_slots: tokio::sync::Semaphore::new(READ_POOL),
             }),
         })
     }
@@ -202,6 +207,12 @@ impl SqliteDb {
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let _slot = self
+            .shared
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the read pool is closed".into()))?;
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
             let idle = shared
