@@ -46,6 +46,16 @@ pub async fn run(
     backends: Backends,
     inputs: Inputs,
 ) -> anyhow::Result<FeedStats> {
+    // The stream is checked first: a misconfigured worker starts nothing.
+    let kinesis = match (inputs.kinesis, &config.kinesis) {
+        (false, _) => None,
+        (true, Some(kinesis)) => {
+            let source = KinesisSource::new(kinesis).await?;
+            source.check().await?;
+            Some(source)
+        }
+        (true, None) => bail!("--kinesis needs a [kinesis] config table naming the stream"),
+    };
     let pipeline = Pipeline::start(super::parts(config, data, backends).await?);
     pipeline
         .resume_unfinished()
@@ -65,11 +75,6 @@ pub async fn run(
             Some(handle)
         }
         None => None,
-    };
-    let kinesis = match (inputs.kinesis, &config.kinesis) {
-        (false, _) => None,
-        (true, Some(kinesis)) => Some(KinesisSource::new(kinesis).await?),
-        (true, None) => bail!("--kinesis needs a [kinesis] config table naming the stream"),
     };
     let files = inputs.files.clone();
     let file_tx = tx.clone();

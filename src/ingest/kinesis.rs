@@ -165,6 +165,23 @@ impl KinesisSource {
         &self.me
     }
 
+    /// Checks that the stream and the lease table exist and can be reached, so that a
+    /// misconfigured worker stops at start with a clear error instead of retrying forever.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        self.kinesis
+            .describe_stream_summary()
+            .stream_name(&self.config.stream)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .with_context(|| format!("Kinesis stream {:?} cannot be read", self.config.stream))?;
+        self.leases
+            .list()
+            .await
+            .context("create the lease table with `callpulse store init`")?;
+        Ok(())
+    }
+
     /// Runs until `stop`: keeps this worker's share of the leases, reads their shards into
     /// `router` (refusals to `rejects`), and on `stop` finishes each shard's batch in
     /// progress, checkpoints it and gives its leases back.
@@ -850,6 +867,36 @@ mod tests {
         }
         assert!(owners(&leases).await.values().all(Option::is_none));
         pipeline.stop();
+    }
+
+    #[actix_rt::test]
+    async fn a_missing_stream_or_lease_table_is_a_clear_error_at_start() {
+        let (kinesis, name) = stream(1).await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&moto::config().await);
+        let source = |stream: &str, lease_table: &str| {
+            let config = KinesisConfig {
+                stream: stream.into(),
+                lease_table: lease_table.into(),
+                ..KinesisConfig::default()
+            };
+            KinesisSource::with_clients(&config, kinesis.clone(), dynamo.clone()).unwrap()
+        };
+        let error = source("no-such-stream", "no-such-table")
+            .check()
+            .await
+            .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.contains("\"no-such-stream\" cannot be read"), "{text}");
+        assert!(text.contains("ResourceNotFound"), "{text}");
+
+        let error = source(&name, "no-such-table").check().await.unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.contains("callpulse store init"), "{text}");
+        assert!(text.contains("no-such-table"), "{text}");
+
+        let table = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &table).await.unwrap();
+        source(&name, &table).check().await.unwrap();
     }
 
     #[test]
