@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! callpulse: real-time call analytics for contact centres. Judges the sentiment of every
 //! customer utterance with a small language model, escalates when a customer turns negative,
 //! and summarises every call.
