@@ -12,7 +12,9 @@ use callpulse::actors::router::{GetActivity, Route};
 use callpulse::actors::summaries::SummaryFolder;
 use callpulse::actors::{Parts, Pipeline, PipelineConfig};
 use callpulse::events::rules::EscalationRules;
-use callpulse::events::{ChainHead, ContactEnded, EndReason, Event, StoredEvent};
+use callpulse::events::{
+    ChainHead, ContactEnded, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
+};
 use callpulse::ingest::record::parse;
 use callpulse::ingest::{Incoming, Position};
 use callpulse::models::standin::StandInModel;
@@ -196,6 +198,20 @@ impl Harness {
             .collect()
     }
 
+    /// Appends `event` to `contact`'s log behind the pipeline's back, as another worker
+    /// would.
+    async fn append_elsewhere(&self, contact: &str, event: Event) {
+        let log: Vec<StoredEvent> = self.store.read(contact, SeqRange::all()).await.unwrap();
+        let last = log.last().unwrap();
+        let mut head = ChainHead {
+            seq: last.seq,
+            hash: last.hash.clone(),
+        };
+        let now = chrono::Utc::now();
+        let foreign = head.seal(contact, Some("elsewhere"), &event, now);
+        self.store.append(&[foreign]).await.unwrap();
+    }
+
     /// Waits until `contact`'s log has an event of `kind` (or fails after 10 s).
     async fn wait_for(&self, contact: &str, kind: &str) -> Vec<Event> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -214,16 +230,21 @@ fn count(events: &[Event], kind: &str) -> usize {
     events.iter().filter(|e| e.kind() == kind).count()
 }
 
-#[actix_rt::test]
-async fn a_silent_contact_ends_after_the_idle_timeout_and_is_summarised() {
-    let h = start(
+/// A pipeline with instant scripted models that ends a contact after 1 s without input.
+fn with_idle_timeout_of_one_second() -> Harness {
+    start(
         Scripted::new(0, 0, 0),
         GatewayConfig::default(),
         PipelineConfig {
             idle_timeout_secs: 1,
             ..Default::default()
         },
-    );
+    )
+}
+
+#[actix_rt::test]
+async fn a_silent_contact_ends_after_the_idle_timeout_and_is_summarised() {
+    let h = with_idle_timeout_of_one_second();
     h.send(segment("quiet", "s1", "Hello?")).await;
     let events = h.wait_for("quiet", "SummaryGenerated").await;
     let ended = events
@@ -276,22 +297,14 @@ async fn a_conflicting_writer_makes_the_contact_reload_and_nothing_is_lost_or_do
     );
     h.send(segment("c", "s1", "This is terrible.")).await;
     h.wait_for("c", "SentimentAssessed").await;
-    // Another writer appends behind the actor's back.
-    let log: Vec<StoredEvent> = h.store.read("c", SeqRange::all()).await.unwrap();
-    let mut head = ChainHead {
-        seq: log.last().unwrap().seq,
-        hash: log.last().unwrap().hash.clone(),
-    };
-    let foreign = head.seal(
+    h.append_elsewhere(
         "c",
-        Some("elsewhere"),
-        &Event::ContactEnded(ContactEnded {
+        Event::ContactEnded(ContactEnded {
             ended_at: chrono::Utc::now(),
             reason: EndReason::Ended,
         }),
-        chrono::Utc::now(),
-    );
-    h.store.append(&[foreign]).await.unwrap();
+    )
+    .await;
 
     // The actor's next append conflicts: it reports an error and restarts from the log.
     let first = h
@@ -320,6 +333,46 @@ async fn a_conflicting_writer_makes_the_contact_reload_and_nothing_is_lost_or_do
     for stored in h.store.read("c", SeqRange::all()).await.unwrap() {
         check.verify_next(&stored).unwrap();
     }
+}
+
+#[actix_rt::test]
+async fn a_call_another_worker_took_over_is_not_ended_by_this_ones_idle_timer() {
+    let h = with_idle_timeout_of_one_second();
+    h.send(segment("moved", "s1", "Hello there.")).await;
+    h.wait_for("moved", "SentimentAssessed").await;
+    // The call's shard moved: another worker records its next utterance.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    h.append_elsewhere(
+        "moved",
+        Event::UtteranceReceived(UtteranceReceived {
+            segment_id: "s2".into(),
+            participant: Participant::Customer,
+            text: "Are you still there?".into(),
+            begin_offset_millis: None,
+            end_offset_millis: None,
+        }),
+    )
+    .await;
+    // This worker's idle timer fires about now; its ContactEnded conflicts with the other
+    // worker's append, and it reloads. The call then gets a whole idle period again, so a
+    // record arriving soon after is still taken.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let outcome = h
+        .pipeline
+        .router
+        .send(Route(segment("moved", "s3", "Still here.")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Ok(callpulse::actors::contact::InputOutcome::Appended(_))
+        ),
+        "{outcome:?}"
+    );
+    let events = h.wait_for("moved", "ContactEnded").await;
+    assert_eq!(count(&events, "UtteranceReceived"), 3);
+    assert_eq!(count(&events, "ContactEnded"), 1);
 }
 
 #[actix_rt::test]

@@ -435,6 +435,9 @@ impl Supervised for ContactActor {
         }
         self.contact = None;
         self.in_flight.clear();
+        // A reload follows someone else's write (another worker took the call over): the
+        // call is live, and gets a whole idle period again before this actor ends it.
+        self.last_input = Instant::now();
     }
 }
 
