@@ -213,14 +213,10 @@ impl AttributeDispatcher {
         };
         ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
             pending.attempts += 1;
-            let outcome = match &result {
-                Ok(()) => "ok",
-                Err(_) if pending.attempts < act.config.max_attempts => "retried",
-                Err(_) => "failed",
-            };
-            metrics().attribute_updates.with_label_values(&[outcome]).inc();
+            let count = |outcome: &str| metrics().attribute_updates.with_label_values(&[outcome]).inc();
             match result {
                 Ok(()) => {
+                    count("ok");
                     for r in pending.requests.drain(..) {
                         r.reply.do_send(AttributeOutcome::Updated(AttributesUpdated {
                             for_seq: r.for_seq,
@@ -231,6 +227,7 @@ impl AttributeDispatcher {
                     }
                 }
                 Err(error) if pending.attempts < act.config.max_attempts => {
+                    count("retried");
                     tracing::warn!(%contact, %error, attempts = pending.attempts, "setting attributes failed; retrying");
                     let delay = backoff(act.config.retry_base_ms, RETRY_CAP_MS, pending.attempts);
                     ctx.run_later(delay, move |act, ctx| {
@@ -239,6 +236,7 @@ impl AttributeDispatcher {
                     });
                 }
                 Err(error) => {
+                    count("failed");
                     tracing::error!(%contact, %error, "setting attributes failed for good");
                     for r in pending.requests.drain(..) {
                         r.reply.do_send(AttributeOutcome::Failed(AttributesUpdateFailed {

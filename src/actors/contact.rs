@@ -124,11 +124,13 @@ impl ContactActor {
         }));
     }
 
-    /// Seals `events`, appends them, applies them, dispatches due work. Runs atomically.
+    /// Seals `events`, appends them, applies them, takes the work they record (`done`) out
+    /// of flight, and dispatches what is due next. Runs atomically.
     fn persist(
         &mut self,
         events: Vec<Event>,
         source_id: Option<String>,
+        done: Vec<InFlight>,
     ) -> impl ActorFuture<Self, Output = Result<InputOutcome, InputError>> + use<> {
         let contact = self
             .contact
@@ -158,6 +160,9 @@ impl ContactActor {
                 let contact = act.contact.as_mut().expect("loaded");
                 for (s, e) in stored.iter().zip(&events) {
                     contact.apply(s, e);
+                }
+                for key in &done {
+                    act.in_flight.remove(key);
                 }
                 act.after_apply(&events, ctx);
                 Ok(InputOutcome::Appended(stored.len()))
@@ -307,16 +312,18 @@ impl ContactActor {
         };
         match contact.decide(command, Utc::now()) {
             Ok(events) if !events.is_empty() => {
-                let fut = self.persist(events, None).map(move |result, act, ctx| {
-                    if let Err(error) = result {
-                        // The outcome is lost, the work is still owed: redo it after a pause.
-                        tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; redoing the work");
-                        act.in_flight.clear();
-                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
-                        return;
-                    }
-                    act.finish(&done, ctx);
-                });
+                let fut = self
+                    .persist(events, None, done.clone())
+                    .map(move |result, act, ctx| match result {
+                        Ok(InputOutcome::Appended(_)) => {}
+                        Ok(_) => act.finish(&done, ctx),
+                        Err(error) => {
+                            // The outcome is lost, the work is still owed: redo it after a pause.
+                            tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; redoing the work");
+                            act.in_flight.clear();
+                            ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                        }
+                    });
                 ctx.wait(fut);
             }
             Ok(_) => self.finish(&done, ctx),
@@ -349,7 +356,7 @@ impl ContactActor {
         if let Ok(events) = contact.decide(command, Utc::now()) {
             tracing::info!(contact = %self.id, "idle timeout: ending the contact");
             let fut = self
-                .persist(events, Some("idle-timeout".into()))
+                .persist(events, Some("idle-timeout".into()), Vec::new())
                 .map(|_, _, _| ());
             ctx.wait(fut);
         }
@@ -455,9 +462,11 @@ impl Handler<ContactInput> for ContactActor {
             Ok(events) if events.is_empty() => {
                 AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Duplicate))))
             }
-            Ok(events) => {
-                AtomicResponse::new(Box::pin(self.persist(events, Some(input.source_id))))
-            }
+            Ok(events) => AtomicResponse::new(Box::pin(self.persist(
+                events,
+                Some(input.source_id),
+                Vec::new(),
+            ))),
             Err(refusal) => AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Refused(
                 refusal.to_string(),
             ))))),

@@ -542,12 +542,13 @@ mod tests {
         }
     }
 
-    /// Puts `lines` as one record each, partitioned by contact; the last sequence number
-    /// put on each shard.
+    /// Puts `lines` as one record each, partitioned by contact (on the shard owning
+    /// `hash`, when given); the last sequence number put on each shard.
     async fn put(
         client: &aws_sdk_kinesis::Client,
         stream: &str,
         lines: &[(&str, String)],
+        hash: Option<&str>,
     ) -> BTreeMap<String, String> {
         let mut last = BTreeMap::new();
         for (contact, line) in lines {
@@ -555,6 +556,7 @@ mod tests {
                 .put_record()
                 .stream_name(stream)
                 .partition_key(*contact)
+                .set_explicit_hash_key(hash.map(str::to_string))
                 .data(Blob::new(line.as_bytes()))
                 .send()
                 .await
@@ -562,6 +564,17 @@ mod tests {
             last.insert(out.shard_id, out.sequence_number);
         }
         last
+    }
+
+    /// Whether every shard's checkpoint has reached the sequence number in `last`.
+    fn reached(last: &BTreeMap<String, String>) -> impl Fn(&[Lease]) -> bool + '_ {
+        move |table| {
+            last.iter().all(|(shard, sequence)| {
+                table
+                    .iter()
+                    .any(|l| &l.shard_id == shard && &l.checkpoint == sequence)
+            })
+        }
     }
 
     fn call(contact: &str) -> Vec<(&str, String)> {
@@ -604,24 +617,8 @@ mod tests {
             ..Inputs::default()
         };
         let watch = async {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                assert!(
-                    Instant::now() < deadline,
-                    "checkpoints never reached {last:?}"
-                );
-                let table = leases.list().await.unwrap();
-                let reached = last.iter().all(|(shard, sequence)| {
-                    table
-                        .iter()
-                        .any(|l| &l.shard_id == shard && &l.checkpoint == sequence)
-                });
-                if reached {
-                    stop.cancel();
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_for_leases(leases, "the checkpoints reached", reached(last)).await;
+            stop.cancel();
         };
         let backends = backends(config).await.unwrap();
         let (stats, ()) = tokio::join!(run(config, data, backends, inputs), watch);
@@ -659,7 +656,7 @@ mod tests {
         let mut lines: Vec<(&str, String)> =
             ["k-1", "k-2", "k-3"].iter().flat_map(|c| call(c)).collect();
         lines.insert(5, ("junk", "not json at all".into()));
-        let last = put(&kinesis, &name, &lines).await;
+        let last = put(&kinesis, &name, &lines, None).await;
         assert_eq!(last.len(), 2, "records on both shards");
 
         let stats = run_until(&config, &data, &leases, &last).await;
@@ -696,7 +693,7 @@ mod tests {
         assert!(table.iter().all(|l| l.owner.is_none()), "{table:#?}");
 
         // The next run starts after the checkpoints: only the new call is read.
-        let more = put(&kinesis, &name, &call("k-4")).await;
+        let more = put(&kinesis, &name, &call("k-4"), None).await;
         let mut last = last;
         last.extend(more);
         let stats = run_until(&config, &data, &leases, &last).await;
@@ -777,43 +774,20 @@ mod tests {
                 (format!("k-{n}"), range.starting_hash_key().to_string())
             })
             .collect();
-        let put_lines = |part: std::ops::Range<usize>| {
-            let kinesis = kinesis.clone();
-            let (name, calls) = (name.clone(), calls.clone());
-            async move {
-                let mut last = BTreeMap::new();
-                for (contact, hash) in &calls {
-                    for (_, line) in &call(contact)[part.clone()] {
-                        let out = kinesis
-                            .put_record()
-                            .stream_name(&name)
-                            .partition_key(contact)
-                            .explicit_hash_key(hash)
-                            .data(Blob::new(line.as_bytes()))
-                            .send()
-                            .await
-                            .unwrap();
-                        last.insert(out.shard_id, out.sequence_number);
-                    }
-                }
-                last
+        let put_lines = async |part: std::ops::Range<usize>| {
+            let mut last = BTreeMap::new();
+            for (contact, hash) in &calls {
+                let lines = &call(contact)[part.clone()];
+                last.extend(put(&kinesis, &name, lines, Some(hash)).await);
             }
-        };
-        let reached = |last: BTreeMap<String, String>| {
-            move |table: &[Lease]| {
-                last.iter().all(|(shard, sequence)| {
-                    table
-                        .iter()
-                        .any(|l| &l.shard_id == shard && &l.checkpoint == sequence)
-                })
-            }
+            last
         };
         let router = pipeline.router.clone();
         let b_started = CancellationToken::new();
         let driving = async {
             let first = put_lines(0..2).await;
             assert_eq!(first.len(), 4, "the first half on every shard");
-            wait_for_leases(&leases, "a reading every shard", reached(first)).await;
+            wait_for_leases(&leases, "a reading every shard", reached(&first)).await;
             assert!(
                 owners(&leases)
                     .await
@@ -835,7 +809,7 @@ mod tests {
             })
             .await;
             let rest = put_lines(2..4).await;
-            wait_for_leases(&leases, "the rest read", reached(rest)).await;
+            wait_for_leases(&leases, "the rest read", reached(&rest)).await;
             stop_a.cancel();
             stop_b.cancel();
         };

@@ -211,12 +211,14 @@ impl LeaseTable {
         }
     }
 
-    /// Runs `update` on `key` if `token` still holds it: `false` when it does not.
+    /// Runs `update` (with its attribute `names` and `values`) on `key` if `token` still
+    /// holds it: `false` when it does not.
     async fn fenced(
         &self,
         key: &str,
         token: &str,
         update: &str,
+        names: &[(&str, &str)],
         values: &[(&str, AttributeValue)],
     ) -> anyhow::Result<bool> {
         let mut request = self
@@ -228,13 +230,11 @@ impl LeaseTable {
             .condition_expression("#t = :token")
             .expression_attribute_names("#t", TOKEN)
             .expression_attribute_values(":token", s(token));
-        for (name, value) in values {
-            request = request.expression_attribute_values(*name, value.clone());
+        for (placeholder, attribute) in names {
+            request = request.expression_attribute_names(*placeholder, *attribute);
         }
-        for (placeholder, attribute) in [("#o", OWNER), ("#c", COUNTER), ("#k", CHECKPOINT)] {
-            if update.contains(placeholder) {
-                request = request.expression_attribute_names(placeholder, attribute);
-            }
+        for (placeholder, value) in values {
+            request = request.expression_attribute_values(*placeholder, value.clone());
         }
         match request.send().await {
             Ok(_) => Ok(true),
@@ -247,8 +247,14 @@ impl LeaseTable {
     /// Bumps the counter of a lease held with `token`; `false` if it was taken over.
     pub async fn renew(&self, key: &str, token: &str) -> anyhow::Result<bool> {
         let one = AttributeValue::N("1".into());
-        self.fenced(key, token, "ADD #c :one", &[(":one", one)])
-            .await
+        self.fenced(
+            key,
+            token,
+            "ADD #c :one",
+            &[("#c", COUNTER)],
+            &[(":one", one)],
+        )
+        .await
     }
 
     /// Records `checkpoint` on a lease held with `token`; `false` if it was taken over.
@@ -258,15 +264,23 @@ impl LeaseTable {
         token: &str,
         checkpoint: &str,
     ) -> anyhow::Result<bool> {
-        self.fenced(key, token, "SET #k = :k", &[(":k", s(checkpoint))])
+        let names = [("#k", CHECKPOINT)];
+        self.fenced(key, token, "SET #k = :k", &names, &[(":k", s(checkpoint))])
             .await
     }
 
     /// Gives a lease held with `token` up, so that another worker can take it at once.
     pub async fn release(&self, key: &str, token: &str) -> anyhow::Result<bool> {
         let one = AttributeValue::N("1".into());
-        self.fenced(key, token, "REMOVE #o, #t ADD #c :one", &[(":one", one)])
-            .await
+        let names = [("#o", OWNER), ("#c", COUNTER)];
+        self.fenced(
+            key,
+            token,
+            "REMOVE #o, #t ADD #c :one",
+            &names,
+            &[(":one", one)],
+        )
+        .await
     }
 }
 
