@@ -1271,4 +1271,101 @@ mod tests {
             times.len()
         );
     }
+
+    /// A request's prompt, and its tokens as `docs/BENCHMARKS.md` counts them: the
+    /// characters sent, system text included, at about 4 characters a token.
+    fn prompt_and_tokens(request: &Received, model_id: &str) -> (String, u32) {
+        let system = request.json()["system"][0]["text"]
+            .as_str()
+            .map_or(0, str::len);
+        let prompt = check_request(request, model_id);
+        let tokens = u32::try_from((prompt.len() + system).div_ceil(4)).unwrap();
+        (prompt, tokens)
+    }
+
+    /// The Bedrock cost table of `docs/BENCHMARKS.md`: every sample call through
+    /// `BedrockModel` with the pipeline's defaults (each final utterance judged without
+    /// context turns, one summary), Nova Micro and Llama 3 8B at list prices.
+    /// `cargo test --lib bedrock_cost_per_call_minute -- --ignored --nocapture`
+    #[actix_rt::test]
+    #[ignore = "a report, run by hand"]
+    async fn bedrock_cost_per_call_minute_of_the_sample_calls() {
+        let stub = Stub::start(|request, _| {
+            if request.path.ends_with("/converse") {
+                answer(NOVA, "NEUTRAL", prompt_and_tokens(request, NOVA).1, 2)
+            } else {
+                let (prompt, tokens) = prompt_and_tokens(request, LLAMA);
+                let full = summary_answer(LLAMA);
+                // Chunk and merge prompts ask for no closing sentiment.
+                let text = if prompt.contains(SENTIMENT_HEADER) {
+                    full.as_str()
+                } else {
+                    full.rsplit_once('\n').unwrap().0
+                };
+                answer(LLAMA, text, tokens, 80)
+            }
+        });
+        let bedrock = model(&stub, NOVA, LLAMA);
+        let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/calls");
+        let (calls, _) = crate::demo::read_calls(&samples).unwrap();
+        let (mut all_minutes, mut all_cost) = (0.0, 0.0);
+        println!("| call | minutes | utterances | sentiment | summary | total | per call-minute |");
+        for call in &calls {
+            let minutes = call_minutes(&samples, &call.contact_id);
+            let mut sentiment = 0.0;
+            for turn in &call.turns {
+                let judged = bedrock.classify(turn, &[], &CancellationToken::new()).await;
+                sentiment += judged.unwrap().cost_usd.unwrap();
+            }
+            let summary = bedrock
+                .summarise(&call.turns, &CancellationToken::new())
+                .await
+                .unwrap()
+                .cost_usd
+                .unwrap();
+            let total = sentiment + summary;
+            println!(
+                "| {} | {minutes:.2} | {} | ${sentiment:.6} | ${summary:.6} | ${total:.6} | ${:.6} |",
+                call.contact_id,
+                call.turns.len(),
+                total / minutes
+            );
+            all_minutes += minutes;
+            all_cost += total;
+        }
+        println!(
+            "all {all_minutes:.0} minutes: ${all_cost:.5}, ${:.6} per call-minute",
+            all_cost / all_minutes
+        );
+    }
+
+    /// From the call's STARTED to its ENDED timestamp, minutes.
+    fn call_minutes(samples: &std::path::Path, contact_id: &str) -> f64 {
+        use crate::ingest::record::{Record, parse_line};
+        let (mut started, mut ended) = (None, None);
+        for file in crate::demo::call_files(samples).unwrap() {
+            for line in std::fs::read_to_string(file).unwrap().lines() {
+                for record in parse_line(line).unwrap_or_default() {
+                    match record {
+                        Record::Started {
+                            contact_id: c,
+                            timestamp,
+                            ..
+                        } if c == contact_id => {
+                            started = timestamp;
+                        }
+                        Record::Ended {
+                            contact_id: c,
+                            timestamp,
+                        } if c == contact_id => {
+                            ended = timestamp;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let seconds = (ended.unwrap() - started.unwrap()).num_milliseconds() as f64 / 1000.0;
+        seconds / 60.0
+    }
 }
