@@ -18,6 +18,7 @@ use callpulse::models::fetch;
 use callpulse::models::head::is_holdout;
 use callpulse::models::local::{LocalConfig, LocalModel};
 use callpulse::store::ContactFilter;
+use callpulse::store::anchor::Anchor;
 use callpulse::{bench, demo, eval};
 
 /// Real-time call analytics: sentiment, escalations and summaries with small language models.
@@ -89,11 +90,15 @@ enum Command {
         #[command(subcommand)]
         what: QueryWhat,
     },
-    /// Check the hash chain of one contact's log, or of every contact (non-zero exit on
-    /// tampering).
+    /// Check the hash chain of one contact's log, or of every contact, and every head the
+    /// anchor sealed (non-zero exit on tampering).
     Verify {
         /// Only this contact.
         contact_id: Option<String>,
+        /// The anchor to check against (default: `anchors.jsonl` in the data directory,
+        /// when there is one); use a copy kept where the worker cannot write.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
     },
     /// Read models.
     Projections {
@@ -348,6 +353,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             settle_timeout,
         } => {
             let data = DataDir::open(&data_dir)?;
+            let _lock = data.lock("run")?;
             let backends = callpulse::app::backends(&config).await?;
             let stats = callpulse::app::run::run(
                 &config,
@@ -374,6 +380,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
         }
         Command::Replay { contacts, dry_run } => {
             let data = DataDir::open(&data_dir)?;
+            let _lock = data.lock("replay")?;
             let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let backends = callpulse::app::backends(&config).await?;
             let target = contacts.target();
@@ -395,6 +402,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             action: SummariesAction::Resend { contacts, missing },
         } => {
             let data = DataDir::open(&data_dir)?;
+            let _lock = data.lock("summaries resend")?;
             let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let target = contacts.target();
             let sink = callpulse::app::summary_sink(&config, &data).await?;
@@ -425,12 +433,16 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     sentiment,
                     format,
                 } => {
-                    callpulse::store::projection::catch_up(
-                        events.as_ref(),
-                        projections.as_ref(),
-                        10_000,
-                    )
-                    .await?;
+                    // A running worker keeps the read models current; otherwise bring them
+                    // up to date here.
+                    if let Ok(_lock) = data.try_lock("query")? {
+                        callpulse::store::projection::catch_up(
+                            events.as_ref(),
+                            projections.as_ref(),
+                            10_000,
+                        )
+                        .await?;
+                    }
                     let filter = ContactFilter {
                         escalated: escalated.then_some(true),
                         since,
@@ -445,11 +457,29 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 }
             }
         }
-        Command::Verify { contact_id } => {
+        Command::Verify { contact_id, anchor } => {
             let data = DataDir::open(&data_dir)?;
             let (events, _) = callpulse::app::stores(&config, &data).await?;
-            let report = verify::verify(events.as_ref(), contact_id.as_deref()).await?;
+            let path = anchor.unwrap_or_else(|| data.anchor());
+            let anchor = match path.exists() {
+                true => Some(Anchor::open(&path)?),
+                false => None,
+            };
+            let heads = anchor.as_ref().map(Anchor::heads);
+            let report = verify::verify(events.as_ref(), contact_id.as_deref(), heads).await?;
             println!("{report}");
+            match &anchor {
+                Some(anchor) => println!(
+                    "anchor {}: {} seals, {} contacts",
+                    anchor.path().display(),
+                    anchor.seals(),
+                    anchor.heads().len()
+                ),
+                None => println!(
+                    "no anchor at {}: events deleted from a contact's end cannot be detected",
+                    path.display()
+                ),
+            }
             if !report.is_ok() {
                 std::process::exit(1);
             }
@@ -485,6 +515,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             action: ProjectionsAction::Rebuild,
         } => {
             let data = DataDir::open(&data_dir)?;
+            let _lock = data.lock("projections rebuild")?;
             let (events, projections) = callpulse::app::stores(&config, &data).await?;
             let n = query::rebuild_projections(events.as_ref(), projections.as_ref()).await?;
             println!("read models rebuilt from {n} events");

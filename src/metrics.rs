@@ -26,6 +26,9 @@ pub struct Metrics {
     pub events_appended: IntCounter,
     /// `appends_total`: append calls (batches) to the event log.
     pub appends: IntCounter,
+    /// `outcome_append_retries_total`: model or sink outcomes whose append failed and is
+    /// retried (the work itself is not redone).
+    pub outcome_append_retries: IntCounter,
     /// `append_batch_duration_seconds`: time of one append call.
     pub append_batch_duration: Histogram,
     /// `model_calls_total{task,model,outcome}`: model calls, e.g. task `sentiment` or
@@ -102,6 +105,11 @@ impl Metrics {
             partials_skipped: counter(r, "partials_skipped_total", "Partial segments dropped"),
             events_appended: counter(r, "events_appended_total", "Events appended to the log"),
             appends: counter(r, "appends_total", "Append calls to the event log"),
+            outcome_append_retries: counter(
+                r,
+                "outcome_append_retries_total",
+                "Model or sink outcomes whose append failed and is retried",
+            ),
             append_batch_duration: register(
                 r,
                 Histogram::with_opts(histogram_opts(

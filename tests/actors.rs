@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callpulse::actors::attributes::{AttributeLog, AttributesConfig};
+use callpulse::actors::feed::feed;
 use callpulse::actors::gateway::{Backends, GatewayConfig, ModelLimits};
 use callpulse::actors::router::{GetActivity, Route};
 use callpulse::actors::summaries::SummaryFolder;
@@ -16,7 +17,7 @@ use callpulse::events::{
     ChainHead, ContactEnded, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
 };
 use callpulse::ingest::record::parse;
-use callpulse::ingest::{Incoming, Position};
+use callpulse::ingest::{Incoming, Ingested, Position, RejectLog};
 use callpulse::models::standin::StandInModel;
 use callpulse::models::{
     CancellationToken, ModelError, Sentiment, SentimentClassifier, Summariser, Summary, Turn,
@@ -79,15 +80,31 @@ impl Summariser for Scripted {
     }
 }
 
-/// The in-memory store, counting how often the pipeline loads a contact's log.
+/// The in-memory store, counting how often the pipeline loads a contact's log; the first
+/// append of the source id or event kind in `fail_once` fails as an unavailable store would.
 struct Counting {
     inner: Arc<MemoryEventStore>,
     reads: AtomicUsize,
+    fail_once: std::sync::Mutex<Option<String>>,
 }
 
 #[async_trait]
 impl EventStore for Counting {
     async fn append(&self, events: &[StoredEvent]) -> Result<Appended, StoreError> {
+        let injected = {
+            let mut fail = self.fail_once.lock().unwrap();
+            let hit = fail.is_some()
+                && events
+                    .iter()
+                    .any(|e| e.source_id == *fail || Some(&e.kind) == fail.as_ref());
+            if hit {
+                *fail = None;
+            }
+            hit
+        };
+        if injected {
+            return Err(StoreError::Unavailable("injected: disk busy".into()));
+        }
         self.inner.append(events).await
     }
 
@@ -117,21 +134,27 @@ struct Harness {
 }
 
 fn start(model: Arc<Scripted>, gateway: GatewayConfig, pipeline: PipelineConfig) -> Harness {
+    let backends = Backends {
+        sentiment: model.clone(),
+        sentiment_id: "scripted".into(),
+        summariser: model,
+        summary_id: "scripted".into(),
+    };
+    start_with(backends, gateway, pipeline)
+}
+
+fn start_with(backends: Backends, gateway: GatewayConfig, pipeline: PipelineConfig) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryEventStore::new());
     let counting = Arc::new(Counting {
         inner: store.clone(),
         reads: AtomicUsize::new(0),
+        fail_once: Default::default(),
     });
     let parts = Parts {
         store: counting.clone(),
         projections: Arc::new(MemoryProjectionStore::new()),
-        backends: Backends {
-            sentiment: model.clone(),
-            sentiment_id: "scripted".into(),
-            summariser: model,
-            summary_id: "scripted".into(),
-        },
+        backends,
         attribute_sink: Arc::new(AttributeLog::open(dir.path().join("attributes.jsonl")).unwrap()),
         summary_sink: Arc::new(SummaryFolder::new(dir.path().join("summaries"))),
         rules: EscalationRules::default(),
@@ -159,6 +182,7 @@ fn incoming(line: &str, source_id: &str) -> Incoming {
             source: "test".into(),
             line: 1,
         },
+        ack: None,
     }
 }
 
@@ -411,12 +435,38 @@ async fn sentiment_that_keeps_failing_is_recorded_as_skipped() {
     assert!(skipped.why.contains("busy"), "{}", skipped.why);
 }
 
+fn spoken(contact: &str, id: &str, participant: &str, text: &str) -> Incoming {
+    incoming(
+        &format!(
+            r#"{{"type":"SEGMENT","contactId":"{contact}","segmentId":"{id}","participant":"{participant}","transcript":"{text}"}}"#
+        ),
+        &format!("seg:{id}"),
+    )
+}
+
+/// The segment ids of `kind` events (judged or skipped, coalesced ones included).
+fn judged_ids(events: &[Event], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .flat_map(|e| match e {
+            Event::SentimentAssessed(j) if kind == "SentimentAssessed" => {
+                let mut ids = j.coalesced.clone();
+                ids.push(j.segment_id.clone());
+                ids
+            }
+            Event::ModelCallSkipped(s) if kind == "ModelCallSkipped" => s.segment_ids.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 #[actix_rt::test]
-async fn a_backlog_past_its_deadline_is_skipped_and_recorded() {
+async fn a_backlog_past_its_deadline_still_judges_each_contacts_latest_customer_utterance() {
     let h = start(
         Scripted::new(300, 0, 0),
         GatewayConfig {
             sentiment_deadline_ms: 100,
+            max_coalesced: 1,
             limits: ModelLimits {
                 concurrency: 1,
                 ..Default::default()
@@ -428,12 +478,107 @@ async fn a_backlog_past_its_deadline_is_skipped_and_recorded() {
     for contact in ["a", "b", "c"] {
         h.send(segment(contact, "s1", "Hello")).await;
     }
-    let judged = h.wait_for("a", "SentimentAssessed").await;
-    assert_eq!(count(&judged, "ModelCallSkipped"), 0, "the first one runs");
-    for contact in ["b", "c"] {
-        let events = h.wait_for(contact, "ModelCallSkipped").await;
-        assert_eq!(count(&events, "SentimentAssessed"), 0);
+    h.send(spoken("d", "d1", "CUSTOMER", "This is ridiculous"))
+        .await;
+    h.send(spoken("d", "d2", "AGENT", "Let me check")).await;
+    h.send(spoken("d", "d3", "CUSTOMER", "Still waiting")).await;
+    h.send(spoken("d", "d4", "CUSTOMER", "I want a refund"))
+        .await;
+    for contact in ["a", "b", "c"] {
+        let events = h.wait_for(contact, "SentimentAssessed").await;
+        assert_eq!(
+            judged_ids(&events, "SentimentAssessed"),
+            ["s1"],
+            "{contact}"
+        );
+        assert_eq!(count(&events, "ModelCallSkipped"), 0, "{contact}");
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = h.events("d").await;
+        let settled = judged_ids(&events, "SentimentAssessed").len()
+            + judged_ids(&events, "ModelCallSkipped").len();
+        if settled == 4 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "d not settled: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(judged_ids(&events, "SentimentAssessed"), ["d4"]);
+    let mut skipped = judged_ids(&events, "ModelCallSkipped");
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        ["d1", "d2", "d3"],
+        "superseded and agent turns are dropped"
+    );
+}
+
+#[actix_rt::test]
+async fn a_long_wait_for_a_summary_never_delays_a_short_wait_for_sentiment() {
+    let judge = Scripted::new(0, 0, 0);
+    let write = Scripted::new(0, 0, 0);
+    let backends = Backends {
+        sentiment: judge,
+        sentiment_id: "judge".into(),
+        summariser: write,
+        summary_id: "writer".into(),
+    };
+    let limits = |requests_per_second, tokens_per_minute| ModelLimits {
+        requests_per_second,
+        tokens_per_minute,
+        concurrency: 1,
+    };
+    let h = start_with(
+        backends,
+        GatewayConfig {
+            models: [
+                ("judge".to_string(), limits(1, 0)),
+                ("writer".to_string(), limits(0, 100)),
+            ]
+            .into(),
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    // The summary of a long call needs minutes of the writer's token budget.
+    h.send(segment("long", "l1", &"words ".repeat(300))).await;
+    h.wait_for("long", "SentimentAssessed").await;
+    h.send(end("long")).await;
+    // This utterance waits about a second for the judge's request budget.
+    h.send(segment("short", "s1", "Hello")).await;
+    let events = h.wait_for("short", "SentimentAssessed").await;
+    assert_eq!(judged_ids(&events, "SentimentAssessed"), ["s1"]);
+}
+
+#[actix_rt::test]
+async fn summaries_are_not_starved_by_steady_sentiment_load() {
+    let h = start(
+        Scripted::new(50, 0, 0),
+        GatewayConfig {
+            summary_max_defer_ms: 100,
+            max_coalesced: 1,
+            sentiment_deadline_ms: 60_000,
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    h.send(segment("ended", "e1", "Thanks")).await;
+    h.wait_for("ended", "SentimentAssessed").await;
+    let contacts: Vec<String> = (0..40).map(|i| format!("busy-{i}")).collect();
+    for contact in &contacts {
+        h.send(segment(contact, "b1", "Hello")).await;
+    }
+    h.send(end("ended")).await;
+    h.wait_for("ended", "SummaryGenerated").await;
+    let mut judged = 0;
+    for contact in &contacts {
+        judged += count(&h.events(contact).await, "SentimentAssessed");
+    }
+    assert!(
+        judged < contacts.len(),
+        "the summary waited for all {judged} queued judgements"
+    );
 }
 
 #[actix_rt::test]
@@ -465,5 +610,67 @@ async fn a_contacts_queued_utterances_are_judged_together() {
         count(&events, "EscalationRaised"),
         0,
         "one judgement, one window entry"
+    );
+}
+
+#[actix_rt::test]
+async fn a_record_the_store_refused_once_keeps_its_place_in_the_contacts_order() {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    *h.counting.fail_once.lock().unwrap() = Some("seg:s2".into());
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    for id in ["s1", "s2", "s3", "s4"] {
+        tx.send(Ingested::Record(segment("o", id, "Hello")))
+            .await
+            .unwrap();
+    }
+    tx.send(Ingested::Record(end("o"))).await.unwrap();
+    for id in ["x1", "x2"] {
+        tx.send(Ingested::Record(segment("other", id, "Hi")))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let rejects = RejectLog::open(&h._dir.path().join("rejected.jsonl")).unwrap();
+    let stats = feed(h.pipeline.router.clone(), rx, &rejects, 64).await;
+    assert_eq!(
+        (stats.appended, stats.refused, stats.undeliverable),
+        (7, 0, 0)
+    );
+    let said: Vec<String> = h
+        .events("o")
+        .await
+        .iter()
+        .filter_map(|e| match e {
+            Event::UtteranceReceived(u) => Some(u.segment_id.clone()),
+            Event::ContactEnded(_) => Some("ENDED".into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["s1", "s2", "s3", "s4", "ENDED"]);
+}
+
+#[actix_rt::test]
+async fn an_outcome_the_store_refused_once_is_recorded_again_not_redone() {
+    let model = Scripted::new(0, 0, 0);
+    let h = start(
+        model.clone(),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    *h.counting.fail_once.lock().unwrap() = Some("SentimentAssessed".into());
+    h.send(segment("r", "s1", "Hello")).await;
+    let events = h.wait_for("r", "SentimentAssessed").await;
+    assert_eq!(count(&events, "SentimentAssessed"), 1);
+    // Long enough for a redone call to show.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(count(&h.events("r").await, "SentimentAssessed"), 1);
+    assert_eq!(
+        model.sentiment_calls.load(Ordering::SeqCst),
+        1,
+        "judged once; only the record of it was retried"
     );
 }

@@ -363,6 +363,150 @@ fn verify_passes_a_clean_log_and_catches_a_modified_row() {
 }
 
 #[test]
+fn verify_catches_events_deleted_from_a_contacts_end_against_the_anchor() {
+    let ws = Workspace::stand_in(0);
+    let input = ws.write_input("calls.jsonl", &interleaved());
+    ws.run(&input);
+    let out = ws.ok(&["verify"]);
+    assert!(
+        out.contains("anchor") && out.contains("3 contacts"),
+        "{out}"
+    );
+
+    let db = rusqlite::Connection::open(ws.path("data/callpulse.db")).unwrap();
+    let deleted = db
+        .execute(
+            "DELETE FROM events WHERE contact_id = 'angry' \
+             AND seq = (SELECT max(seq) FROM events WHERE contact_id = 'angry')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    drop(db);
+
+    let out = ws.command(&["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("angry#"), "{report}");
+    assert!(report.contains("deleted from its end"), "{report}");
+    // Without the anchor, the chain alone cannot tell.
+    let elsewhere = ws.path("no-anchor.jsonl");
+    let out = ws
+        .command(&["verify", "--anchor", elsewhere.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first() {
+    let ws = Workspace::stand_in(0);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut first = ws
+        .command(&["run", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_server(&addr);
+    let input = ws.write_input("calls.jsonl", &interleaved());
+    let out = ws
+        .command(&["run", "--input", input.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by callpulse run")
+            && stderr.contains(&format!("pid {}", first.id())),
+        "{stderr}"
+    );
+    let out = ws.command(&["projections", "rebuild"]).output().unwrap();
+    assert!(!out.status.success());
+    // Reading stays possible while the worker runs.
+    ws.ok(&["query", "contacts", "--format", "json"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // A killed holder lets go: the next worker starts.
+    ws.run(&input);
+}
+
+fn free_port() -> u16 {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+/// Waits until `run --listen` answers at `addr`.
+fn wait_for_server(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while post(addr, "/healthz", "").is_err() {
+        assert!(Instant::now() < deadline, "server never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn acknowledged_http_records_survive_a_kill_right_after_the_answer() {
+    let ws = Workspace::stand_in(0);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = ws
+        .command(&["run", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_server(&addr);
+    let body: Vec<String> = (0..2_000)
+        .map(|i| {
+            format!(
+                r#"{{"contactId":"bulk-{}","transcript":"utterance {i}","isPartial":false}}"#,
+                i % 50
+            )
+        })
+        .collect();
+    let reply = post(&addr, "/records", &body.join("\n")).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains(r#""appended":2000"#), "{reply}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let db = rusqlite::Connection::open(ws.path("data/callpulse.db")).unwrap();
+    let kept: i64 = db
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'UtteranceReceived'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, 2_000);
+}
+
+#[test]
+fn id_less_segments_of_two_files_for_one_contact_are_all_kept_and_a_rerun_adds_nothing() {
+    let ws = Workspace::stand_in(0);
+    let minimal =
+        |text: &str| format!(r#"{{"contactId":"m","transcript":"{text}","isPartial":false}}"#);
+    let first = ws.write_input(
+        "a.jsonl",
+        &[minimal("hello"), minimal("my card was charged twice")],
+    );
+    let second = ws.write_input("b.jsonl", &[minimal("are you there?"), minimal("hello")]);
+    ws.run(&first);
+    ws.run(&second);
+    ws.run(&first);
+    let texts: Vec<String> = kinds(&ws.contact("m"), "UtteranceReceived")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        ["hello", "my card was charged twice", "are you there?"],
+        "the second file's new utterance is kept; its \"hello\" repeats the first file's"
+    );
+}
+
+#[test]
 fn a_killed_worker_rerun_on_the_same_input_loses_and_duplicates_nothing() {
     let ws = Workspace::stand_in(40);
     let lines = interleaved();

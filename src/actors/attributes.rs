@@ -2,7 +2,7 @@
 //! fleet), and the actor that feeds it: rate-limited, debounced per contact, retried with
 //! backoff, every outcome reported back to the contact to be logged.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -60,6 +60,17 @@ impl Default for AttributesConfig {
     }
 }
 
+/// Why a sink did not set the attributes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth another try: throttled, unavailable, not reached.
+    #[error("{0}")]
+    Transient(String),
+    /// Refused (a 4xx answer, attributes over the limits): trying again would not help.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Sets contact attributes somewhere.
 #[async_trait]
 pub trait AttributeSink: Send + Sync + 'static {
@@ -71,7 +82,7 @@ pub trait AttributeSink: Send + Sync + 'static {
         &self,
         contact_id: &str,
         attributes: &BTreeMap<String, String>,
-    ) -> Result<(), String>;
+    ) -> Result<(), SinkError>;
 }
 
 /// Appends every update as a JSON line to a file (`<data-dir>/attributes.jsonl`).
@@ -105,7 +116,7 @@ impl AttributeSink for AttributeLog {
         &self,
         contact_id: &str,
         attributes: &BTreeMap<String, String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let line = serde_json::json!({
             "contactId": contact_id,
             "attributes": attributes,
@@ -119,7 +130,9 @@ impl AttributeSink for AttributeLog {
             writeln!(file, "{line}").map_err(|e| format!("{}: {e}", path.display()))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+        .and_then(|written| written)
+        .map_err(SinkError::Transient)
     }
 }
 
@@ -160,6 +173,9 @@ pub struct AttributeDispatcher {
     limiter: Option<DefaultDirectRateLimiter>,
     order: VecDeque<String>,
     pending: HashMap<String, Pending>,
+    /// Contacts with an update being sent or waiting to be retried: their next update waits
+    /// for it, so a contact's updates reach the sink one at a time, in order.
+    sending: HashSet<String>,
     wake_scheduled: bool,
 }
 
@@ -174,12 +190,18 @@ impl AttributeDispatcher {
             limiter,
             order: VecDeque::new(),
             pending: HashMap::new(),
+            sending: HashSet::new(),
             wake_scheduled: false,
         }
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while let Some(contact) = self.order.front().cloned() {
+            // A contact whose update is still out is queued again once it is settled.
+            if self.sending.contains(&contact) || !self.pending.contains_key(&contact) {
+                self.order.pop_front();
+                continue;
+            }
             if let Some(limiter) = &self.limiter
                 && let Err(not_until) = limiter.check()
             {
@@ -195,6 +217,7 @@ impl AttributeDispatcher {
             }
             self.order.pop_front();
             if let Some(pending) = self.pending.remove(&contact) {
+                self.sending.insert(contact.clone());
                 self.send(contact, pending, ctx);
             }
         }
@@ -226,16 +249,21 @@ impl AttributeDispatcher {
                         }));
                     }
                 }
-                Err(error) if pending.attempts < act.config.max_attempts => {
+                Err(SinkError::Transient(error)) if pending.attempts < act.config.max_attempts => {
                     count("retried");
                     tracing::warn!(%contact, %error, attempts = pending.attempts, "setting attributes failed; retrying");
                     let delay = backoff(act.config.retry_base_ms, RETRY_CAP_MS, pending.attempts);
+                    // Still the contact's update in flight: newer ones merge into it.
                     ctx.run_later(delay, move |act, ctx| {
-                        act.enqueue_pending(contact, pending);
+                        act.sending.remove(&contact);
+                        act.enqueue_pending(contact.clone(), pending);
+                        act.order.push_back(contact);
                         act.pump(ctx);
                     });
+                    return;
                 }
                 Err(error) => {
+                    let error = error.to_string();
                     count("failed");
                     tracing::error!(%contact, %error, "setting attributes failed for good");
                     for r in pending.requests.drain(..) {
@@ -249,6 +277,11 @@ impl AttributeDispatcher {
                     }
                 }
             }
+            act.sending.remove(&contact);
+            if act.pending.contains_key(&contact) {
+                act.order.push_back(contact);
+            }
+            act.pump(ctx);
         }));
     }
 
@@ -286,5 +319,145 @@ impl Handler<SetAttributes> for AttributeDispatcher {
             },
         );
         self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Fails its first call transiently (after a pause), or every call with a refusal;
+    /// records what it set and how many calls overlapped.
+    struct Flaky {
+        refuse: bool,
+        calls: AtomicUsize,
+        running: AtomicUsize,
+        most_at_once: AtomicUsize,
+        set: Mutex<Vec<BTreeMap<String, String>>>,
+    }
+
+    #[async_trait]
+    impl AttributeSink for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+
+        async fn set(
+            &self,
+            _: &str,
+            attributes: &BTreeMap<String, String>,
+        ) -> Result<(), SinkError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(running, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if self.refuse {
+                return Err(SinkError::Refused(
+                    "HTTP 400 InvalidParameterException".into(),
+                ));
+            }
+            if call == 0 {
+                return Err(SinkError::Transient("HTTP 503".into()));
+            }
+            self.set.lock().unwrap().push(attributes.clone());
+            Ok(())
+        }
+    }
+
+    /// Collects outcomes.
+    struct Outcomes(Arc<Mutex<Vec<AttributeOutcome>>>);
+
+    impl Actor for Outcomes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<AttributeOutcome> for Outcomes {
+        type Result = ();
+
+        fn handle(&mut self, outcome: AttributeOutcome, _: &mut Context<Self>) {
+            self.0.lock().unwrap().push(outcome);
+        }
+    }
+
+    fn flaky(refuse: bool) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            refuse,
+            calls: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
+            set: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn request(for_seq: u64, value: &str, reply: &Addr<Outcomes>) -> SetAttributes {
+        SetAttributes {
+            contact_id: "c".into(),
+            for_seq,
+            attributes: [("RealTimeSentiment".to_string(), value.to_string())].into(),
+            reply: reply.clone().recipient(),
+        }
+    }
+
+    async fn settled(outcomes: &Arc<Mutex<Vec<AttributeOutcome>>>, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while outcomes.lock().unwrap().len() < n {
+            assert!(std::time::Instant::now() < deadline, "outcomes missing");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn dispatcher(sink: Arc<Flaky>) -> Addr<AttributeDispatcher> {
+        let config = AttributesConfig {
+            requests_per_second: 0,
+            retry_base_ms: 50,
+            ..Default::default()
+        };
+        AttributeDispatcher::new(config, sink).start()
+    }
+
+    #[actix_rt::test]
+    async fn a_contacts_updates_go_one_at_a_time_and_an_older_retry_never_lands_last() {
+        let sink = flaky(false);
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let reply = Outcomes(outcomes.clone()).start();
+        let dispatcher = dispatcher(sink.clone());
+        dispatcher.do_send(request(1, "NEGATIVE", &reply));
+        // While the first is out (and then waits to be retried), the episode clears.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        dispatcher.do_send(request(5, "NEUTRAL", &reply));
+        settled(&outcomes, 2).await;
+        assert_eq!(sink.most_at_once.load(Ordering::SeqCst), 1);
+        let set = sink.set.lock().unwrap();
+        assert_eq!(
+            set.last().unwrap()["RealTimeSentiment"],
+            "NEUTRAL",
+            "{set:?}"
+        );
+        assert!(
+            outcomes
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|o| matches!(o, AttributeOutcome::Updated(_)))
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_refusal_is_final() {
+        let sink = flaky(true);
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let reply = Outcomes(outcomes.clone()).start();
+        dispatcher(sink.clone()).do_send(request(1, "NEGATIVE", &reply));
+        settled(&outcomes, 1).await;
+        assert_eq!(sink.calls.load(Ordering::SeqCst), 1, "not retried");
+        let outcomes = outcomes.lock().unwrap();
+        let [AttributeOutcome::Failed(failed)] = outcomes.as_slice() else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(failed.attempts, 1);
+        assert!(failed.error.contains("400"), "{}", failed.error);
     }
 }

@@ -18,7 +18,7 @@ use aws_sdk_connect::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError
 use aws_sdk_connect::operation::update_contact_attributes::UpdateContactAttributesError;
 use serde::{Deserialize, Serialize};
 
-use super::attributes::AttributeSink;
+use super::attributes::{AttributeSink, SinkError};
 use crate::aws::{AwsEndpoint, sdk_config};
 
 /// All attributes of a contact together, keys and values, in UTF-8 bytes (Connect's limit).
@@ -118,22 +118,25 @@ pub fn check_limits(contact_id: &str, attributes: &BTreeMap<String, String>) -> 
 
 /// A failed call in words; throttling and server errors say "throttled" or "unavailable"
 /// and "retryable", so the record shows why the dispatcher tried again.
-fn describe(error: &SdkError<UpdateContactAttributesError, HttpResponse>) -> String {
+fn describe(error: &SdkError<UpdateContactAttributesError, HttpResponse>) -> SinkError {
     let status = error.raw_response().map(|r| r.status().as_u16());
     let code = error.code().unwrap_or("no error code");
     let detail = DisplayErrorContext(error);
+    let transient = SinkError::Transient;
     match status {
-        Some(429) => {
-            format!("Connect throttled the request (HTTP 429 {code}), retryable: {detail}")
-        }
-        _ if THROTTLING_CODES.contains(&code) => {
-            format!("Connect throttled the request ({code}), retryable: {detail}")
-        }
-        Some(s) if s >= 500 => {
-            format!("Connect unavailable or throttled (HTTP {s} {code}), retryable: {detail}")
-        }
-        Some(s) => format!("Connect refused the update (HTTP {s} {code}): {detail}"),
-        None => format!("Connect not reached, retryable: {detail}"),
+        Some(429) => transient(format!(
+            "Connect throttled the request (HTTP 429 {code}), retryable: {detail}"
+        )),
+        _ if THROTTLING_CODES.contains(&code) => transient(format!(
+            "Connect throttled the request ({code}), retryable: {detail}"
+        )),
+        Some(s) if s >= 500 => transient(format!(
+            "Connect unavailable or throttled (HTTP {s} {code}), retryable: {detail}"
+        )),
+        Some(s) => SinkError::Refused(format!(
+            "Connect refused the update (HTTP {s} {code}): {detail}"
+        )),
+        None => transient(format!("Connect not reached, retryable: {detail}")),
     }
 }
 
@@ -147,8 +150,8 @@ impl AttributeSink for ConnectSink {
         &self,
         contact_id: &str,
         attributes: &BTreeMap<String, String>,
-    ) -> Result<(), String> {
-        check_limits(contact_id, attributes)?;
+    ) -> Result<(), SinkError> {
+        check_limits(contact_id, attributes).map_err(SinkError::Refused)?;
         self.client
             .update_contact_attributes()
             .instance_id(&self.instance_id)
@@ -305,6 +308,8 @@ mod tests {
             .set("c-1", &attrs(&[("RealTimeSentiment", "NEGATIVE")]))
             .await
             .unwrap_err();
+        assert!(matches!(error, SinkError::Transient(_)), "{error}");
+        let error = error.to_string();
         assert!(error.contains("throttled"), "{error}");
         assert!(error.contains("TooManyRequestsException"), "{error}");
         assert_eq!(stub.received().len(), 1, "the SDK's own retries are off");
@@ -319,13 +324,20 @@ mod tests {
             .set("c-1", &attrs(&[("Notes", &big)]))
             .await
             .unwrap_err();
+        assert!(matches!(error, SinkError::Refused(_)), "{error}");
+        let error = error.to_string();
         assert!(error.contains("32768"), "{error}");
         let error = sink
             .set("c-1", &attrs(&[("bad key", "v")]))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("bad key"), "{error}");
-        let error = sink.set("", &attrs(&[("k", "v")])).await.unwrap_err();
+        let error = sink
+            .set("", &attrs(&[("k", "v")]))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("contact id"), "{error}");
         assert!(stub.received().is_empty());
 

@@ -310,6 +310,7 @@ impl ContactActor {
         let Some(contact) = self.contact.as_ref() else {
             return;
         };
+        let retry = command.clone();
         match contact.decide(command, Utc::now()) {
             Ok(events) if !events.is_empty() => {
                 let fut = self
@@ -318,10 +319,14 @@ impl ContactActor {
                         Ok(InputOutcome::Appended(_)) => {}
                         Ok(_) => act.finish(&done, ctx),
                         Err(error) => {
-                            // The outcome is lost, the work is still owed: redo it after a pause.
-                            tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; redoing the work");
-                            act.in_flight.clear();
-                            ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                            // The work is done, only its record is missing: record it again
+                            // after a pause (never redo the model call or the update). The
+                            // work stays in flight meanwhile.
+                            tracing::warn!(contact = %act.id, %error, "could not record a model or sink outcome; retrying the append");
+                            metrics().outcome_append_retries.inc();
+                            ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                                act.handle_outcome(retry, done, ctx)
+                            });
                         }
                     });
                 ctx.wait(fut);

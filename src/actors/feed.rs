@@ -1,7 +1,11 @@
 //! The loop between the sources and the router: keeps at most `max_in_flight` records
-//! between reading and durable, so a saturated pipeline slows its sources down; retries a
-//! record the store could not take; sends every refused or undeliverable record to the
-//! reject log with its position and reason, so nothing is lost silently.
+//! between reading and durable, so a saturated pipeline slows its sources down; hands each
+//! contact's records over strictly in source order, one at a time, so a record that must be
+//! retried (store conflict, store down, contact not loaded) holds back only its own contact;
+//! sends every refused or undeliverable record to the reject log with its position and
+//! reason, so nothing is lost silently; and tells a waiting sender (HTTP) each record's fate.
+
+use std::collections::{HashMap, VecDeque};
 
 use actix::Addr;
 use futures_util::StreamExt;
@@ -11,7 +15,7 @@ use tokio::sync::mpsc;
 use super::contact::InputOutcome;
 use super::router::{ContactRouter, Route};
 use crate::backoff::backoff;
-use crate::ingest::source::{Incoming, Ingested, RAW_BYTES, RejectLog, Rejected};
+use crate::ingest::source::{Fate, Incoming, Ingested, RAW_BYTES, RejectLog, Rejected};
 use crate::metrics::metrics;
 
 /// Tries per record before it goes to the reject log as undeliverable.
@@ -82,6 +86,43 @@ fn raw_of(incoming: &Incoming) -> String {
     raw
 }
 
+/// The records read and not yet settled, per contact, oldest first: the first of each
+/// contact is being delivered, the others wait for it.
+#[derive(Default)]
+struct Queues {
+    waiting: HashMap<String, VecDeque<Incoming>>,
+    len: usize,
+}
+
+impl Queues {
+    /// Queues `incoming`; gives it back when it is its contact's first (deliver it now).
+    fn push(&mut self, incoming: Incoming) -> Option<Incoming> {
+        self.len += 1;
+        let contact = incoming.record.contact_id();
+        match self.waiting.get_mut(contact) {
+            Some(queue) => {
+                queue.push_back(incoming);
+                None
+            }
+            None => {
+                self.waiting.insert(contact.to_string(), VecDeque::new());
+                Some(incoming)
+            }
+        }
+    }
+
+    /// The contact's first record is settled: its next one, if any.
+    fn settled(&mut self, contact: &str) -> Option<Incoming> {
+        self.len -= 1;
+        let queue = self.waiting.get_mut(contact)?;
+        let next = queue.pop_front();
+        if next.is_none() {
+            self.waiting.remove(contact);
+        }
+        next
+    }
+}
+
 /// Feeds everything from `input` to the router until the channel closes and every record
 /// is settled.
 pub async fn feed(
@@ -91,13 +132,16 @@ pub async fn feed(
     max_in_flight: usize,
 ) -> FeedStats {
     let mut stats = FeedStats::default();
+    let mut queues = Queues::default();
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
         tokio::select! {
-            item = input.recv(), if open && in_flight.len() < max_in_flight => match item {
+            item = input.recv(), if open && queues.len < max_in_flight => match item {
                 Some(Ingested::Record(incoming)) => {
-                    in_flight.push(deliver(router.clone(), incoming));
+                    if let Some(first) = queues.push(incoming) {
+                        in_flight.push(deliver(router.clone(), first));
+                    }
                 }
                 Some(Ingested::Rejected(rejected)) => {
                     stats.rejected += 1;
@@ -105,23 +149,55 @@ pub async fn feed(
                 }
                 None => open = false,
             },
-            Some((incoming, fate)) = in_flight.next() => match fate {
-                Ok(InputOutcome::Appended(_)) => stats.appended += 1,
-                Ok(InputOutcome::Duplicate) => stats.duplicates += 1,
-                Ok(InputOutcome::Refused(reason)) => {
-                    stats.refused += 1;
-                    reject(rejects, Rejected { raw: raw_of(&incoming), position: incoming.position, reason });
+            Some((incoming, outcome)) = in_flight.next() => {
+                let fate = settle(&mut stats, rejects, &incoming, outcome);
+                if let Some(ack) = &incoming.ack {
+                    ack.settle(fate);
                 }
-                Err(error) => {
-                    stats.undeliverable += 1;
-                    reject(rejects, Rejected {
-                        raw: raw_of(&incoming),
-                        position: incoming.position,
-                        reason: format!("not durable after {ATTEMPTS} tries: {error}"),
-                    });
+                if let Some(next) = queues.settled(incoming.record.contact_id()) {
+                    in_flight.push(deliver(router.clone(), next));
                 }
-            },
+            }
         }
     }
     stats
+}
+
+/// Counts a delivered record, sends a refused or undeliverable one to the reject log, and
+/// says what became of it.
+fn settle(
+    stats: &mut FeedStats,
+    rejects: &RejectLog,
+    incoming: &Incoming,
+    outcome: Result<InputOutcome, String>,
+) -> Fate {
+    match outcome {
+        Ok(InputOutcome::Appended(_)) => {
+            stats.appended += 1;
+            Fate::Appended
+        }
+        Ok(InputOutcome::Duplicate) => {
+            stats.duplicates += 1;
+            Fate::Duplicate
+        }
+        Ok(InputOutcome::Refused(reason)) => {
+            stats.refused += 1;
+            reject(rejects, rejected(incoming, reason.clone()));
+            Fate::Refused(reason)
+        }
+        Err(error) => {
+            stats.undeliverable += 1;
+            let reason = format!("not durable after {ATTEMPTS} tries: {error}");
+            reject(rejects, rejected(incoming, reason.clone()));
+            Fate::Undeliverable(reason)
+        }
+    }
+}
+
+fn rejected(incoming: &Incoming, reason: String) -> Rejected {
+    Rejected {
+        raw: raw_of(incoming),
+        position: incoming.position.clone(),
+        reason,
+    }
 }

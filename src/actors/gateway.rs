@@ -1,9 +1,11 @@
 //! ModelGateway: owns every model call. Per-model limits (requests/s, tokens/min,
-//! concurrency), live sentiment before summaries, coalescing of a contact's queued sentiment
-//! requests (a new utterance joins the contact's request still waiting, for the same speaker
-//! and up to `max_coalesced` utterances, so an overloaded model catches up instead of falling
-//! further behind), deadlines, and retries with jittered backoff. Late sentiment is skipped and
-//! reported; summaries are never dropped.
+//! concurrency), live sentiment before summaries (up to `summary_max_defer_ms`), customer
+//! utterances before agent turns, coalescing of a contact's queued sentiment requests (a new
+//! utterance joins the contact's request still waiting, for the same speaker and up to
+//! `max_coalesced` utterances, so an overloaded model catches up instead of falling further
+//! behind), deadlines, and retries with jittered backoff. Late sentiment is skipped and
+//! reported, except a contact's latest customer utterance, which is always judged; summaries
+//! are never dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -50,7 +52,9 @@ impl Default for ModelLimits {
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// A sentiment request not started within this many ms of its newest utterance is
-    /// skipped (and recorded as skipped).
+    /// skipped (and recorded as skipped) when it is an agent turn or a newer customer
+    /// utterance of the same contact waits; a contact's latest customer utterance is
+    /// always judged.
     pub sentiment_deadline_ms: u64,
     /// Most queued sentiment requests; beyond it the oldest is skipped.
     pub max_queued_sentiment: usize,
@@ -59,6 +63,9 @@ pub struct GatewayConfig {
     pub max_coalesced: usize,
     /// Tries per sentiment call on transient errors.
     pub sentiment_attempts: u32,
+    /// Longest a summary waits behind queued sentiment for the same model, ms; after it,
+    /// the summary takes the next free slot.
+    pub summary_max_defer_ms: u64,
     /// First retry delay, ms (doubled per try, with jitter).
     pub retry_base_ms: u64,
     /// Longest retry delay, ms.
@@ -76,6 +83,7 @@ impl Default for GatewayConfig {
             max_queued_sentiment: 100_000,
             max_coalesced: 4,
             sentiment_attempts: 3,
+            summary_max_defer_ms: 30_000,
             retry_base_ms: 200,
             retry_max_ms: 30_000,
             limits: ModelLimits::default(),
@@ -171,53 +179,43 @@ struct SentimentJob {
 struct SummaryJob {
     request: WriteSummary,
     attempts: u32,
+    enqueued: Instant,
 }
 
-/// Waiting sentiment jobs: first come, first served across contacts; a contact's new
-/// utterance joins its last waiting job when the speaker is the same and there is room.
+/// Waiting sentiment jobs of one class of speaker: first come, first served across
+/// contacts; a contact's new utterance joins its last waiting job when the speaker is the
+/// same and there is room.
 #[derive(Default)]
-struct SentimentQueue {
+struct ContactFifo {
     order: VecDeque<String>,
     jobs: HashMap<String, VecDeque<SentimentJob>>,
     len: usize,
 }
 
-impl SentimentQueue {
-    /// Queues a request (or merges it); returns the oldest job if the queue overflowed.
-    fn push(
+impl ContactFifo {
+    /// Merges `request` into the contact's last waiting job when it can; gives it back
+    /// otherwise.
+    fn coalesce(
         &mut self,
         request: JudgeUtterance,
         max_coalesced: usize,
-        max_len: usize,
-    ) -> Option<SentimentJob> {
-        let now = Instant::now();
-        let contact = request.contact_id.clone();
-        if let Some(last) = self.jobs.get_mut(&contact).and_then(|q| q.back_mut())
-            && last.request.participant == request.participant
-            && last.coalesced.len() + 1 < max_coalesced
-        {
-            let older = std::mem::replace(&mut last.request, request);
-            last.coalesced.push(older.segment_id);
-            last.request.text = format!("{}\n{}", older.text, last.request.text);
-            last.newest = now;
-            return None;
-        }
-        let overflow = if self.len >= max_len {
-            self.pop_front()
-        } else {
-            None
+    ) -> Option<JudgeUtterance> {
+        let Some(last) = self
+            .jobs
+            .get_mut(&request.contact_id)
+            .and_then(|q| q.back_mut())
+            .filter(|last| {
+                last.request.participant == request.participant
+                    && last.coalesced.len() + 1 < max_coalesced
+            })
+        else {
+            return Some(request);
         };
-        self.push_job(
-            SentimentJob {
-                request,
-                coalesced: Vec::new(),
-                enqueued: now,
-                newest: now,
-                attempts: 0,
-            },
-            false,
-        );
-        overflow
+        let older = std::mem::replace(&mut last.request, request);
+        last.coalesced.push(older.segment_id);
+        last.request.text = format!("{}\n{}", older.text, last.request.text);
+        last.newest = Instant::now();
+        None
     }
 
     fn push_job(&mut self, job: SentimentJob, front: bool) {
@@ -233,9 +231,11 @@ impl SentimentQueue {
         self.len += 1;
     }
 
-    fn front(&self) -> Option<&SentimentJob> {
+    /// The oldest job, and whether a newer job of the same contact waits behind it.
+    fn front(&self) -> Option<(&SentimentJob, bool)> {
         let contact = self.order.front()?;
-        self.jobs.get(contact)?.front()
+        let queue = self.jobs.get(contact)?;
+        Some((queue.front()?, queue.len() > 1))
     }
 
     fn pop_front(&mut self) -> Option<SentimentJob> {
@@ -247,6 +247,93 @@ impl SentimentQueue {
         }
         self.len -= 1;
         job
+    }
+}
+
+/// Waiting sentiment jobs: customer utterances (and those of unnamed speakers, which
+/// escalate like them) before agent turns, each class first come, first served.
+#[derive(Default)]
+struct SentimentQueue {
+    customers: ContactFifo,
+    agents: ContactFifo,
+}
+
+/// The next job to start or drop, and what may be done with it.
+struct Front {
+    /// From the agents' queue.
+    agent: bool,
+    /// When the newest utterance in it arrived.
+    newest: Instant,
+    /// Rough prompt size.
+    tokens: u32,
+    /// A newer job of the same contact and class waits behind it.
+    superseded: bool,
+}
+
+impl SentimentQueue {
+    fn len(&self) -> usize {
+        self.customers.len + self.agents.len
+    }
+
+    fn class(&mut self, agent: bool) -> &mut ContactFifo {
+        if agent {
+            &mut self.agents
+        } else {
+            &mut self.customers
+        }
+    }
+
+    /// Queues a request (or merges it); returns the oldest job if the queue overflowed
+    /// (an agent turn while there is one).
+    fn push(
+        &mut self,
+        request: JudgeUtterance,
+        max_coalesced: usize,
+        max_len: usize,
+    ) -> Option<SentimentJob> {
+        let agent = request.participant == Participant::Agent;
+        let request = self.class(agent).coalesce(request, max_coalesced)?;
+        let overflow = if self.len() >= max_len {
+            self.pop_front_of(self.agents.len > 0)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        self.class(agent).push_job(
+            SentimentJob {
+                request,
+                coalesced: Vec::new(),
+                enqueued: now,
+                newest: now,
+                attempts: 0,
+            },
+            false,
+        );
+        overflow
+    }
+
+    /// Puts a job back at the front of its class (a retry).
+    fn push_front(&mut self, job: SentimentJob) {
+        let agent = job.request.participant == Participant::Agent;
+        self.class(agent).push_job(job, true);
+    }
+
+    /// What would be started next: a customer's job while one waits, else an agent's.
+    fn front(&self) -> Option<Front> {
+        let (agent, (job, superseded)) = match self.customers.front() {
+            Some(front) => (false, front),
+            None => (true, self.agents.front()?),
+        };
+        Some(Front {
+            agent,
+            newest: job.newest,
+            tokens: estimate_tokens(job.request.text.len()),
+            superseded,
+        })
+    }
+
+    fn pop_front_of(&mut self, agent: bool) -> Option<SentimentJob> {
+        self.class(agent).pop_front()
     }
 }
 
@@ -311,7 +398,8 @@ pub struct ModelGateway {
     lanes: HashMap<String, Lane>,
     sentiment: SentimentQueue,
     summaries: VecDeque<SummaryJob>,
-    wake_scheduled: bool,
+    /// When the earliest pending wake-up fires.
+    wake_at: Option<Instant>,
     cancel: CancellationToken,
 }
 
@@ -329,7 +417,7 @@ impl ModelGateway {
             lanes,
             sentiment: SentimentQueue::default(),
             summaries: VecDeque::new(),
-            wake_scheduled: false,
+            wake_at: None,
             cancel: CancellationToken::new(),
         }
     }
@@ -349,31 +437,85 @@ impl ModelGateway {
     /// Starts every call the limits allow, sentiment first.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut wait: Option<Duration> = None;
+        // A summary put off for `summary_max_defer_ms` takes the next slot of a model it
+        // shares with sentiment: steady sentiment load never starves summaries.
+        let max_defer = Duration::from_millis(self.config.summary_max_defer_ms);
+        let overdue = self
+            .summaries
+            .front()
+            .is_some_and(|job| job.enqueued.elapsed() >= max_defer);
+        if overdue {
+            self.pump_summaries(true, &mut wait, ctx);
+        }
+        self.pump_sentiment(&mut wait, ctx);
+        self.pump_summaries(false, &mut wait, ctx);
+        let depth = &metrics().queue_depth;
+        depth
+            .with_label_values(&["sentiment"])
+            .set(self.sentiment.len() as i64);
+        depth
+            .with_label_values(&["summary"])
+            .set(self.summaries.len() as i64);
+        // One timer per sooner deadline: a long wait (a summary's token budget) never
+        // delays a short one (a sentiment call's rate limit).
+        if let Some(wait) = wait {
+            let at = Instant::now() + wait;
+            if self.wake_at.is_none_or(|pending| at < pending) {
+                self.wake_at = Some(at);
+                ctx.run_later(wait, move |act, ctx| {
+                    if act.wake_at == Some(at) {
+                        act.wake_at = None;
+                    }
+                    act.pump(ctx);
+                });
+            }
+        }
+    }
+
+    /// Starts the sentiment calls the limits allow, dropping stale ones.
+    fn pump_sentiment(&mut self, wait: &mut Option<Duration>, ctx: &mut Context<Self>) {
         let deadline = Duration::from_millis(self.config.sentiment_deadline_ms);
-        while let Some(job) = self.sentiment.front() {
-            if job.newest.elapsed() > deadline {
-                let job = self.sentiment.pop_front().expect("present");
+        while let Some(front) = self.sentiment.front() {
+            // Past its deadline, a job is dropped only if it is an agent turn or a newer
+            // customer utterance of the same contact waits: each contact's latest customer
+            // utterance is always judged, late if need be.
+            if front.newest.elapsed() > deadline && (front.agent || front.superseded) {
+                let job = self.sentiment.pop_front_of(front.agent).expect("present");
                 skip(job, "deadline passed before a model slot was free");
                 continue;
             }
-            let tokens = estimate_tokens(job.request.text.len());
             let id = self.backends.sentiment_id.clone();
-            match self.lane(&id).admit(tokens) {
+            match self.lane(&id).admit(front.tokens) {
                 Ok(()) => {
-                    let job = self.sentiment.pop_front().expect("present");
+                    let job = self.sentiment.pop_front_of(front.agent).expect("present");
                     self.start_sentiment(job, ctx);
                 }
                 Err(w) => {
-                    wait = w;
+                    *wait = earliest(*wait, w);
                     break;
                 }
             }
         }
-        // Summaries only when no sentiment waits for the same model.
-        let sentiment_waits = self.sentiment.len > 0;
+    }
+
+    /// Starts the summary calls the limits allow; while sentiment waits for the same model,
+    /// only `overdue` ones (put off for `summary_max_defer_ms`).
+    fn pump_summaries(
+        &mut self,
+        overdue: bool,
+        wait: &mut Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) {
+        let max_defer = Duration::from_millis(self.config.summary_max_defer_ms);
         while let Some(job) = self.summaries.front() {
             let id = self.backends.summary_id.clone();
-            if sentiment_waits && id == self.backends.sentiment_id {
+            let deferred = job.enqueued.elapsed();
+            if self.sentiment.len() > 0 && id == self.backends.sentiment_id && deferred < max_defer
+            {
+                *wait = earliest(*wait, Some(max_defer - deferred));
+                break;
+            }
+            if overdue && deferred < max_defer {
                 break;
             }
             let tokens = estimate_tokens(job.request.turns.iter().map(|t| t.text.len()).sum());
@@ -383,26 +525,10 @@ impl ModelGateway {
                     self.start_summary(job, ctx);
                 }
                 Err(w) => {
-                    wait = earliest(wait, w);
+                    *wait = earliest(*wait, w);
                     break;
                 }
             }
-        }
-        let depth = &metrics().queue_depth;
-        depth
-            .with_label_values(&["sentiment"])
-            .set(self.sentiment.len as i64);
-        depth
-            .with_label_values(&["summary"])
-            .set(self.summaries.len() as i64);
-        if let Some(wait) = wait
-            && !self.wake_scheduled
-        {
-            self.wake_scheduled = true;
-            ctx.run_later(wait, |act, ctx| {
-                act.wake_scheduled = false;
-                act.pump(ctx);
-            });
         }
     }
 
@@ -447,7 +573,7 @@ impl ModelGateway {
     }
 
     fn requeue_sentiment(&mut self, job: SentimentJob, ctx: &mut Context<Self>) {
-        self.sentiment.push_job(job, true);
+        self.sentiment.push_front(job);
         self.pump(ctx);
     }
 
@@ -574,6 +700,7 @@ impl Handler<WriteSummary> for ModelGateway {
         self.summaries.push_back(SummaryJob {
             request,
             attempts: 0,
+            enqueued: Instant::now(),
         });
         self.pump(ctx);
     }
@@ -584,7 +711,7 @@ impl Handler<GetQueueDepth> for ModelGateway {
 
     fn handle(&mut self, _: GetQueueDepth, _: &mut Context<Self>) -> QueueDepth {
         QueueDepth {
-            sentiment_queued: self.sentiment.len,
+            sentiment_queued: self.sentiment.len(),
             summaries_queued: self.summaries.len(),
             running: self.lanes.values().map(|l| l.running).sum(),
         }

@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     pub context_turns: usize,
     /// How often the read models catch up with the log, ms.
     pub projector_interval_ms: u64,
+    /// How often `run` seals the chain heads of the contacts that moved into the anchor
+    /// file, s (and once more at the end of a run).
+    pub anchor_interval_secs: u64,
     /// Arbiters (threads) running contact actors; 0 = one per core.
     pub arbiters: usize,
 }
@@ -50,6 +53,7 @@ impl Default for PipelineConfig {
             max_in_flight: 4096,
             context_turns: 0,
             projector_interval_ms: 500,
+            anchor_interval_secs: 60,
             arbiters: 0,
         }
     }

@@ -67,6 +67,9 @@ impl Default for WebhookConfig {
 pub struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The receiver as logs and errors name it: scheme, host and port only, since the path
+    /// or query of a webhook URL often holds a token.
+    receiver: String,
     secret: Vec<u8>,
     config: WebhookConfig,
 }
@@ -87,10 +90,11 @@ impl Webhook {
     /// A webhook for `config` signing with `secret`.
     pub fn with_secret(config: &WebhookConfig, secret: Vec<u8>) -> Result<Self, String> {
         let url = reqwest::Url::parse(&config.url)
-            .map_err(|e| format!("[summaries.webhook] url {:?}: {e}", config.url))?;
+            .map_err(|e| format!("[summaries.webhook] url is not a URL: {e}"))?;
+        let receiver = receiver(&url);
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "[summaries.webhook] url {url} is not http:// or https://"
+                "[summaries.webhook] url {receiver} is not http:// or https://"
             ));
         }
         if config.max_attempts == 0 {
@@ -105,6 +109,7 @@ impl Webhook {
         Ok(Self {
             client,
             url,
+            receiver,
             secret,
             config: config.clone(),
         })
@@ -135,7 +140,10 @@ impl Webhook {
                         .webhook_deliveries
                         .with_label_values(&["failed"])
                         .inc();
-                    return Err(format!("{} refused summary {delivery}: {error}", self.url));
+                    return Err(format!(
+                        "{} refused summary {delivery}: {error}",
+                        self.receiver
+                    ));
                 }
                 Err(Failure::Transient { error, retry_after }) => (error, retry_after),
             };
@@ -146,7 +154,7 @@ impl Webhook {
                     .inc();
                 return Err(format!(
                     "{} did not take summary {delivery} in {attempts} attempts: {error}",
-                    self.url
+                    self.receiver
                 ));
             }
             metrics()
@@ -161,7 +169,7 @@ impl Webhook {
                     attempts,
                 ),
             };
-            tracing::warn!(url = %self.url, %delivery, %error, attempts, ?delay, "webhook delivery failed; retrying");
+            tracing::warn!(receiver = %self.receiver, %delivery, %error, attempts, ?delay, "webhook delivery failed; retrying");
             tokio::time::sleep(delay).await;
         }
     }
@@ -180,7 +188,8 @@ impl Webhook {
             .send()
             .await
             .map_err(|e| Failure::Transient {
-                error: format!("{:#}", anyhow::Error::from(e)),
+                // The URL stays out of the message (it may hold a token).
+                error: format!("{:#}", anyhow::Error::from(e.without_url())),
                 retry_after: None,
             })?;
         let status = response.status();
@@ -199,6 +208,15 @@ impl Webhook {
         } else {
             Failure::Final(error)
         })
+    }
+}
+
+/// `scheme://host[:port]` of `url`: what may be logged of a webhook's address.
+fn receiver(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
     }
 }
 
@@ -417,6 +435,39 @@ mod tests {
         drop(closed);
         let error = webhook(&url).deliver("c-1", &summary(1)).await.unwrap_err();
         assert!(error.contains("in 4 attempts"), "{error}");
+    }
+
+    #[actix_rt::test]
+    async fn errors_name_the_receiver_but_never_its_path_or_query() {
+        let stub = Stub::start(|_, _| HttpResponse::Forbidden().finish());
+        let secret_url = format!("{}/hooks/T0KEN-PATH?token=s3cr3t", stub.endpoint);
+        let error = webhook(&secret_url)
+            .deliver("c-1", &summary(1))
+            .await
+            .unwrap_err();
+        assert!(error.contains(&stub.endpoint), "{error}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let down = format!(
+            "http://{}/hooks/T0KEN-PATH?token=s3cr3t",
+            closed.local_addr().unwrap()
+        );
+        drop(closed);
+        let unreachable = webhook(&down)
+            .deliver("c-1", &summary(1))
+            .await
+            .unwrap_err();
+        let refused = Webhook::with_secret(
+            &config("ftp://crm.example/T0KEN-PATH?token=s3cr3t"),
+            SECRET.to_vec(),
+        )
+        .err()
+        .unwrap();
+        for message in [error, unreachable, refused] {
+            assert!(
+                !message.contains("T0KEN") && !message.contains("s3cr3t"),
+                "{message}"
+            );
+        }
     }
 
     #[actix_rt::test]

@@ -60,6 +60,57 @@ impl DataDir {
         &self.root
     }
 
+    /// Takes the directory for `command` (e.g. `run`) until the returned guard drops, so
+    /// that two processes never write it at once; refused, naming the holder, while another
+    /// process has it. The operating system releases it when the holder dies, however.
+    pub fn lock(&self, command: &str) -> anyhow::Result<DirLock> {
+        self.try_lock(command)?.map_err(|holder| {
+            anyhow::anyhow!(
+                "data directory {} is in use by {holder}; stop it first or use another --data-dir",
+                self.root.display()
+            )
+        })
+    }
+
+    /// Like [`DataDir::lock`], but a directory held by another process is `Ok(Err(holder))`
+    /// (who holds it, as the holder wrote it).
+    pub fn try_lock(&self, command: &str) -> anyhow::Result<Result<DirLock, String>> {
+        use std::io::{Read, Seek, Write};
+        let path = self.root.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder)?;
+                let holder = holder.trim();
+                return Ok(Err(if holder.is_empty() {
+                    "another process".into()
+                } else {
+                    holder.to_string()
+                }));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(
+            file,
+            "callpulse {command} (pid {}, since {})",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )?;
+        Ok(Ok(DirLock { _file: file }))
+    }
+
     /// The SQLite database.
     pub fn database(&self) -> PathBuf {
         self.root.join("callpulse.db")
@@ -75,6 +126,11 @@ impl DataDir {
         self.root.join("attributes.jsonl")
     }
 
+    /// The anchor: sealed chain heads of every contact ([`crate::store::anchor`]).
+    pub fn anchor(&self) -> PathBuf {
+        self.root.join("anchors.jsonl")
+    }
+
     /// The reject log.
     pub fn reject_log(&self) -> PathBuf {
         self.root.join("rejected.jsonl")
@@ -86,6 +142,12 @@ impl DataDir {
         let db = SqliteDb::open(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok((Arc::new(db.events()), Arc::new(db.projections())))
     }
+}
+
+/// A data directory held by this process (see [`DataDir::lock`]); dropping it lets go.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
 }
 
 /// The configured event log and read models: SQLite in `data`, or DynamoDB.

@@ -19,6 +19,8 @@ use crate::ingest::http;
 use crate::ingest::kinesis::KinesisSource;
 use crate::ingest::source::{Ingested, RejectLog, read_jsonl};
 use crate::models::CancellationToken;
+use crate::store::EventStore;
+use crate::store::anchor::Anchor;
 
 /// Largest HTTP body accepted.
 const HTTP_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -56,7 +58,10 @@ pub async fn run(
         }
         (true, None) => bail!("--kinesis needs a [kinesis] config table naming the stream"),
     };
-    let pipeline = Pipeline::start(super::parts(config, data, backends).await?);
+    let parts = super::parts(config, data, backends).await?;
+    let store = parts.store.clone();
+    let mut anchor = Anchor::open(data.anchor())?;
+    let pipeline = Pipeline::start(parts);
     pipeline
         .resume_unfinished()
         .await
@@ -131,11 +136,38 @@ pub async fn run(
             None => FeedStats::default(),
         }
     };
-    let (mut stats, (), streamed) = tokio::join!(feeding, stop_sources, streaming);
-    stats += streamed;
-    pipeline.settle(inputs.settle_timeout).await?;
+    let every = Duration::from_secs(config.pipeline.anchor_interval_secs.max(1));
+    let done = CancellationToken::new();
+    let sealing = async {
+        loop {
+            tokio::select! {
+                () = done.cancelled() => break,
+                () = tokio::time::sleep(every) => seal(&mut anchor, store.as_ref()).await,
+            }
+        }
+    };
+    let working = async {
+        let (mut stats, (), streamed) = tokio::join!(feeding, stop_sources, streaming);
+        stats += streamed;
+        let settled = pipeline.settle(inputs.settle_timeout).await;
+        done.cancel();
+        settled.map(|()| stats)
+    };
+    let (stats, ()) = tokio::join!(working, sealing);
+    seal(&mut anchor, store.as_ref()).await;
     pipeline.stop();
-    Ok(stats)
+    Ok(stats?)
+}
+
+/// Seals the heads that moved into the anchor; a failure is logged and retried next time.
+async fn seal(anchor: &mut Anchor, store: &dyn EventStore) {
+    match anchor.seal(store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(contacts = n, "anchor sealed"),
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), anchor = %anchor.path().display(), "sealing the anchor failed; retrying at the next interval")
+        }
+    }
 }
 
 /// SIGTERM, SIGINT, or `stop` cancelled.

@@ -105,6 +105,9 @@ pub struct Contact {
     pub head: ChainHead,
     /// Whether a ContactStarted is in the log.
     pub started: bool,
+    /// The latest ContactStarted: the implicit one of a first segment, or the STARTED
+    /// record's (which is merged in when it comes after the first segment).
+    pub start: Option<ContactStarted>,
     /// The ContactEnded, once there.
     pub ended: Option<ContactEnded>,
     /// Every final utterance, in arrival order.
@@ -133,6 +136,7 @@ impl Contact {
             rules,
             head: ChainHead::default(),
             started: false,
+            start: None,
             ended: None,
             spoken: Vec::new(),
             segment_index: HashMap::new(),
@@ -179,8 +183,17 @@ impl Contact {
     pub fn decide(&self, command: Command, now: DateTime<Utc>) -> Result<Vec<Event>, Refusal> {
         let unexpected = |what| Err(Refusal::Unexpected(what, self.id.clone()));
         Ok(match command {
-            Command::Start(started) if !self.started => vec![Event::ContactStarted(started)],
-            Command::Start(_) => vec![],
+            Command::Start(started) => match &self.start {
+                None => vec![Event::ContactStarted(started)],
+                // A STARTED after the first segment: merged in (instance, channel, media
+                // stream), keeping the earlier start time.
+                Some(opened) if opened.implicit => vec![Event::ContactStarted(ContactStarted {
+                    started_at: opened.started_at.min(started.started_at),
+                    implicit: false,
+                    ..started
+                })],
+                Some(_) => vec![],
+            },
             Command::Utterance { utterance, .. }
                 if self.segment_index.contains_key(&utterance.segment_id) =>
             {
@@ -279,7 +292,10 @@ impl Contact {
             _ => self.mood.apply(&self.rules, event),
         }
         match event {
-            Event::ContactStarted(_) => self.started = true,
+            Event::ContactStarted(started) => {
+                self.started = true;
+                self.start = Some(started.clone());
+            }
             Event::UtteranceReceived(u) => {
                 self.segment_index
                     .insert(u.segment_id.clone(), self.spoken.len());

@@ -69,6 +69,52 @@ fn a_first_segment_opens_the_contact_and_duplicates_change_nothing() {
     );
 }
 
+fn started(at: DateTime<Utc>, instance: &str) -> Command {
+    Command::Start(ContactStarted {
+        instance_id: Some(instance.into()),
+        channel: Some("VOICE".into()),
+        started_at: at,
+        media_stream_arn: Some("arn:aws:kinesisvideo:eu-west-2:1:stream/s/1".into()),
+        start_fragment_number: Some("9134385233318150666908441974883000111".into()),
+        implicit: false,
+    })
+}
+
+#[test]
+fn a_started_record_after_the_first_segment_is_merged_in_once() {
+    let mut c = Contact::new("c", rules());
+    when(&mut c, said("s1", Participant::Customer, "hi"));
+    let opened_at = c.start.as_ref().unwrap().started_at;
+    let later = opened_at + chrono::Duration::seconds(5);
+    let merged = when(&mut c, started(later, "i-1"));
+    let [Event::ContactStarted(start)] = merged.as_slice() else {
+        panic!("{merged:?}");
+    };
+    assert!(!start.implicit);
+    assert_eq!(start.instance_id.as_deref(), Some("i-1"));
+    assert!(start.media_stream_arn.is_some() && start.start_fragment_number.is_some());
+    assert_eq!(start.started_at, opened_at, "the earlier start time stays");
+    assert_eq!(c.start.as_ref(), Some(start));
+    assert!(
+        when(&mut c, started(later, "i-1")).is_empty(),
+        "a duplicate"
+    );
+}
+
+#[test]
+fn a_second_started_record_changes_nothing() {
+    let mut c = Contact::new("c", rules());
+    assert_eq!(
+        kinds(&when(&mut c, started(Utc::now(), "i-1"))),
+        ["ContactStarted"]
+    );
+    assert!(when(&mut c, started(Utc::now(), "i-2")).is_empty());
+    assert_eq!(
+        c.start.as_ref().unwrap().instance_id.as_deref(),
+        Some("i-1")
+    );
+}
+
 #[test]
 fn a_segment_after_the_end_is_refused_with_its_id() {
     let mut c = Contact::new("c", rules());

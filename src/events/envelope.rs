@@ -59,6 +59,17 @@ pub struct DecodeError {
     pub reason: String,
 }
 
+/// SHA-256 (hex) over `parts`, each prefixed with its length, so that no two different
+/// lists of parts hash alike.
+pub fn digest_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    format!("{:x}", hasher.finalize())
+}
+
 impl StoredEvent {
     /// SHA-256 over the canonical encoding: every field but `hash`, each length-prefixed so
     /// no two different events encode alike.
@@ -80,12 +91,7 @@ impl StoredEvent {
             &self.prev_hash,
             &self.payload,
         ];
-        let mut hasher = Sha256::new();
-        for field in fields {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        format!("{:x}", hasher.finalize())
+        digest_hex(&fields.map(str::as_bytes))
     }
 
     /// The body at the current schema, upcast from older versions where needed.

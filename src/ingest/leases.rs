@@ -73,6 +73,21 @@ pub struct ShardInfo {
     pub parents: Vec<String>,
 }
 
+/// Where a new lease of `shard` starts: a child of a shard still listed (a reshard) reads
+/// from `TRIM_HORIZON`, as KCL does, since whatever was written to it before its parents
+/// ended belongs after them; any other shard starts at the configured `initial`.
+pub fn start_of<'a>(shard: &ShardInfo, shards: &[ShardInfo], initial: &'a str) -> &'a str {
+    let has_listed_parent = shard
+        .parents
+        .iter()
+        .any(|parent| shards.iter().any(|s| &s.shard_id == parent));
+    if has_listed_parent {
+        TRIM_HORIZON
+    } else {
+        initial
+    }
+}
+
 /// The lease table of one stream.
 #[derive(Clone)]
 pub struct LeaseTable {
@@ -110,10 +125,12 @@ impl LeaseTable {
         format!("{}/{shard_id}", self.stream)
     }
 
-    /// Adds a free lease for every shard that has none, starting at `initial`.
+    /// Adds a free lease for every shard that has none, starting at `initial`, or at
+    /// `TRIM_HORIZON` for the child of a listed shard (see [`start_of`]).
     pub async fn add_missing(&self, shards: &[ShardInfo], initial: &str) -> anyhow::Result<()> {
         for shard in shards {
             let parents = shard.parents.iter().map(s).collect();
+            let initial = start_of(shard, shards, initial);
             let put = self
                 .client
                 .put_item()
@@ -430,6 +447,25 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn children_of_a_listed_shard_start_at_trim_horizon_whatever_the_initial_position() {
+        let info = |id: &str, parents: &[&str]| ShardInfo {
+            shard_id: id.into(),
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+        };
+        let shards = [
+            info("parent", &[]),
+            info("child-a", &["parent"]),
+            info("child-b", &["parent", "gone"]),
+            info("orphan", &["expired"]),
+        ];
+        let starts: Vec<&str> = shards
+            .iter()
+            .map(|s| start_of(s, &shards, LATEST))
+            .collect();
+        assert_eq!(starts, [LATEST, TRIM_HORIZON, TRIM_HORIZON, LATEST]);
+    }
 
     fn lease(shard: &str, owner: Option<&str>, counter: u64, checkpoint: &str) -> Lease {
         Lease {

@@ -55,7 +55,7 @@ impl Record {
 pub struct Segment {
     /// Contact id.
     pub contact_id: String,
-    /// Segment id; `None` in the minimal form (the reader derives one from the position).
+    /// Segment id; `None` in the minimal form (the reader derives one).
     pub segment_id: Option<String>,
     /// `CUSTOMER`, `AGENT`, or `None` when unknown.
     pub participant: Option<String>,

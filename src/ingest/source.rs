@@ -16,7 +16,8 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::bytes::{Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 
-use super::record::{MAX_RECORD_BYTES, Record, RecordError, parse_line};
+use super::record::{MAX_RECORD_BYTES, Record, RecordError, Segment, parse_line};
+use crate::events::envelope::digest_hex;
 use crate::metrics::metrics;
 
 /// How much of a refused line [`Rejected::raw`] keeps, in bytes.
@@ -37,17 +38,61 @@ impl fmt::Display for Position {
     }
 }
 
+/// What became of a record once the pipeline settled it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Appended to the log: durable.
+    Appended,
+    /// Already in the log (a re-delivery): nothing appended.
+    Duplicate,
+    /// Refused by the contact's rules (in the reject log), with the reason.
+    Refused(String),
+    /// The store could not take it after every retry (in the reject log): send it again.
+    Undeliverable(String),
+}
+
+/// Tells whoever waits for a record (an HTTP request) its [`Fate`], with the record's line.
+/// Not part of the record: any two compare equal.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    line: u64,
+    to: tokio::sync::mpsc::UnboundedSender<(u64, Fate)>,
+}
+
+impl Ack {
+    /// Reports line `line`'s fate to `to`.
+    pub fn new(line: u64, to: tokio::sync::mpsc::UnboundedSender<(u64, Fate)>) -> Self {
+        Self { line, to }
+    }
+
+    /// Reports `fate` (the waiter may be gone: then nobody needs it).
+    pub fn settle(&self, fate: Fate) {
+        let _ = self.to.send((self.line, fate));
+    }
+}
+
+impl PartialEq for Ack {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Ack {}
+
 /// A record ready for the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
     /// The record; a segment always has a `segment_id` here (derived in the minimal form).
     pub record: Record,
-    /// Idempotency key within the contact: `seg:{segmentId}`, `m-{n}` for the n-th id-less
-    /// final segment of the contact (`k-{sequence}-{n}` for the n-th of a Kinesis record),
+    /// Idempotency key within the contact: `seg:{segmentId}`; for an id-less final segment
+    /// `m-{content hash}-{n}` (its n-th occurrence in the input), `k-{sequence}-{n}` (the
+    /// n-th of a Kinesis record) or `h-{Idempotency-Key}-{n}` (the n-th of an HTTP body);
     /// `started` or `ended`.
     pub source_id: String,
     /// Where it came from.
     pub position: Position,
+    /// Who waits for its fate, if anyone.
+    pub ack: Option<Ack>,
 }
 
 /// A line that was refused.
@@ -135,16 +180,38 @@ impl Decoder for LineCodec {
     }
 }
 
-/// Turns the lines of one source into [`Ingested`] items, numbering the id-less segments of
-/// each contact (`m-1`, `m-2`, …) so that re-reading the same stream gives the same ids. A
-/// contact's count restarts after its `ENDED` (which also bounds the memory kept).
+/// Turns the lines of one source into [`Ingested`] items, giving every id-less segment an
+/// idempotency key that is the same whenever the same input is read again (see
+/// [`LineReader::anchored`] and [`content_key`]). A contact's counts are dropped after its
+/// `ENDED`, which bounds the memory kept.
 pub(super) struct LineReader {
     source: String,
     label: &'static str,
-    minimal: HashMap<String, u64>,
-    /// While reading one Kinesis record: its sequence number and the id-less segments
-    /// numbered so far.
+    /// Per contact, how often each content key was seen so far.
+    minimal: HashMap<String, HashMap<String, u64>>,
+    /// While reading one positioned unit (a Kinesis record, an HTTP body with an
+    /// `Idempotency-Key`): the key's prefix and the id-less segments numbered so far.
     anchor: Option<(String, u64)>,
+}
+
+/// The content key of an id-less segment: `m-` and 16 hex digits of the SHA-256 of its
+/// contact, speaker, text and offsets, then `-<n>` for its n-th occurrence in the input.
+/// Re-reading a file, or resending an HTTP body, gives the same keys; two inputs with
+/// different utterances never share one.
+fn content_key(segment: &Segment, occurrence: u64) -> String {
+    let offset = |o: Option<u64>| o.map(|o| o.to_string()).unwrap_or_default();
+    let (begin, end) = (
+        offset(segment.begin_offset_millis),
+        offset(segment.end_offset_millis),
+    );
+    let digest = digest_hex(&[
+        segment.contact_id.as_bytes(),
+        segment.participant.as_deref().unwrap_or("").as_bytes(),
+        segment.transcript.as_bytes(),
+        begin.as_bytes(),
+        end.as_bytes(),
+    ]);
+    format!("m-{}-{occurrence}", &digest[..16])
 }
 
 impl LineReader {
@@ -164,6 +231,16 @@ impl LineReader {
         }
     }
 
+    /// A reader whose id-less segments are numbered after `prefix` (`<prefix>-1`, ...)
+    /// instead of keyed by content: for input that names itself, such as an HTTP body sent
+    /// with an `Idempotency-Key`.
+    pub(super) fn anchored(source: &str, prefix: String) -> Self {
+        Self {
+            anchor: Some((prefix, 0)),
+            ..Self::new(source)
+        }
+    }
+
     /// The items of one Kinesis record: `data` holds one record or several lines of them,
     /// positioned as `<source>@<sequence>`, line N. Id-less segments get ids made from the
     /// sequence number (`k-<sequence>-<n>`), so reading the record again gives the same ids.
@@ -174,7 +251,7 @@ impl LineReader {
         stats: &mut ReadStats,
     ) -> Vec<Ingested> {
         let source = format!("{}@{sequence}", self.source);
-        self.anchor = Some((sequence.to_string(), 0));
+        self.anchor = Some((format!("k-{sequence}"), 0));
         let mut codec = LineCodec::default();
         let mut buf = BytesMut::from(data);
         let mut items = Vec::new();
@@ -258,14 +335,20 @@ impl LineReader {
                 Some(id) => format!("seg:{id}"),
                 None => {
                     let id = match &mut self.anchor {
-                        Some((sequence, n)) => {
+                        Some((prefix, n)) => {
                             *n += 1;
-                            format!("k-{sequence}-{n}")
+                            format!("{prefix}-{n}")
                         }
                         None => {
-                            let n = self.minimal.entry(s.contact_id.clone()).or_default();
+                            let first = content_key(s, 1);
+                            let n = self
+                                .minimal
+                                .entry(s.contact_id.clone())
+                                .or_default()
+                                .entry(first.clone())
+                                .or_default();
                             *n += 1;
-                            format!("m-{n}")
+                            if *n == 1 { first } else { content_key(s, *n) }
                         }
                     };
                     s.segment_id = Some(id.clone());
@@ -284,6 +367,7 @@ impl LineReader {
             record,
             source_id,
             position: position.clone(),
+            ack: None,
         }))
     }
 }
@@ -460,6 +544,71 @@ mod tests {
         input
     }
 
+    /// The key of an id-less segment of `contact` saying `text` (no speaker, no offsets),
+    /// said for the `n`-th time.
+    fn key(contact: &str, text: &str, n: u64) -> String {
+        let segment = Segment {
+            contact_id: contact.into(),
+            segment_id: None,
+            participant: None,
+            transcript: text.into(),
+            is_partial: false,
+            begin_offset_millis: None,
+            end_offset_millis: None,
+        };
+        content_key(&segment, n)
+    }
+
+    #[test]
+    fn content_keys_differ_by_contact_speaker_text_offsets_and_occurrence() {
+        let base = Segment {
+            contact_id: "c".into(),
+            segment_id: None,
+            participant: Some("CUSTOMER".into()),
+            transcript: "yes".into(),
+            is_partial: false,
+            begin_offset_millis: Some(10),
+            end_offset_millis: Some(20),
+        };
+        let variants = [
+            Segment {
+                contact_id: "d".into(),
+                ..base.clone()
+            },
+            Segment {
+                participant: Some("AGENT".into()),
+                ..base.clone()
+            },
+            Segment {
+                participant: None,
+                ..base.clone()
+            },
+            Segment {
+                transcript: "yes!".into(),
+                ..base.clone()
+            },
+            Segment {
+                begin_offset_millis: None,
+                ..base.clone()
+            },
+            Segment {
+                end_offset_millis: Some(21),
+                ..base.clone()
+            },
+        ];
+        let mut keys: Vec<String> = variants.iter().map(|v| content_key(v, 1)).collect();
+        keys.push(content_key(&base, 1));
+        keys.push(content_key(&base, 2));
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+        assert!(
+            keys[6].starts_with("m-") && keys[6].ends_with("-1"),
+            "{}",
+            keys[6]
+        );
+        assert_eq!(content_key(&base, 1), keys[6], "stable");
+    }
+
     #[tokio::test]
     async fn every_line_arrives_in_order_with_its_position_and_source_id() {
         let (items, stats) = read_all(&mixed_stream()).await;
@@ -467,21 +616,21 @@ mod tests {
         let too_large = format!("record of more than {MAX_RECORD_BYTES} bytes");
         let expected = vec![
             s(1, "started", "c-1"),
-            s(2, "m-1", "hello"),
+            s(2, &key("c-1", "hello", 1), "hello"),
             s(
                 4,
                 "REJECTED",
                 "not a valid record: expected ident at line 1 column 2",
             ),
-            s(6, "m-1", "other call"),
+            s(6, &key("c-2", "other call", 1), "other call"),
             s(7, "REJECTED", &too_large),
-            s(8, "m-2", "I have waited"),
+            s(8, &key("c-1", "I have waited", 1), "I have waited"),
             s(9, "REJECTED", "record is not valid UTF-8"),
             s(10, "seg:s-9", "sorry"),
             s(12, "REJECTED", "missing field contactId"),
             s(13, "REJECTED", "unknown record type \"HOLD\""),
             s(14, "seg:t-1", "so slow"),
-            s(15, "m-3", "third"),
+            s(15, &key("c-1", "third", 1), "third"),
             s(16, "ended", "c-1"),
         ];
         assert_eq!(summary(&items), expected);
@@ -515,14 +664,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn minimal_counts_restart_after_ended() {
+    async fn the_same_words_twice_are_two_keys_and_counts_restart_after_ended() {
         let call = br#"{"contactId":"c","transcript":"a"}
+{"contactId":"c","transcript":"a"}
 {"contactId":"c","transcript":"b"}
 {"type":"ENDED","contactId":"c"}
 "#;
         let (items, _) = read_all(&call.repeat(2)).await;
         let ids: Vec<_> = summary(&items).into_iter().map(|(_, id, _)| id).collect();
-        assert_eq!(ids, ["m-1", "m-2", "ended", "m-1", "m-2", "ended"]);
+        let (a1, a2, b1) = (key("c", "a", 1), key("c", "a", 2), key("c", "b", 1));
+        let once = [a1, a2, b1, "ended".to_string()];
+        assert_eq!(ids, [once.clone(), once].concat());
     }
 
     #[tokio::test]

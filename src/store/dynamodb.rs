@@ -99,6 +99,7 @@ use super::{
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::backoff::backoff;
 use crate::events::StoredEvent;
+use crate::events::envelope::digest_hex;
 use crate::models::Label;
 
 /// Most events in one append: a transaction holds 100 actions, two of which an append may
@@ -1039,9 +1040,10 @@ fn event_key(contact_id: &str, seq: u64) -> HashMap<String, AttributeValue> {
 
 /// Partition key of a batch's idempotency item.
 fn source_pk(contact_id: &str, source_id: &str) -> String {
-    let hash = digest(&[contact_id.as_bytes(), source_id.as_bytes()]);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("src#{hex}")
+    format!(
+        "src#{}",
+        digest_hex(&[contact_id.as_bytes(), source_id.as_bytes()])
+    )
 }
 
 fn source_key(contact_id: &str, source_id: &str) -> HashMap<String, AttributeValue> {

@@ -15,6 +15,7 @@
 //!   behind positions already read: [`EventStore::replay_window`] says how far, and readers
 //!   catching up re-read that far behind their checkpoint.
 
+pub mod anchor;
 pub mod dynamodb;
 pub mod memory;
 pub mod projection;
