@@ -51,6 +51,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// `open_contacts`: contacts with a live actor.
     pub open_contacts: IntGauge,
+    /// `contacts_quarantined_total`: contacts whose log failed verification or decoding
+    /// when loaded (their records are refused into the reject log).
+    pub contacts_quarantined: IntCounter,
     /// `kinesis_millis_behind{shard}`: how far this worker's reader of each leased shard is
     /// behind the stream's tip, as GetRecords reports it.
     pub kinesis_millis_behind: IntGaugeVec,
@@ -168,6 +171,11 @@ impl Metrics {
             open_contacts: register(
                 r,
                 IntGauge::new("open_contacts", "Contacts with a live actor").expect("valid metric"),
+            ),
+            contacts_quarantined: counter(
+                r,
+                "contacts_quarantined_total",
+                "Contacts whose log failed verification or decoding when loaded",
             ),
             kinesis_millis_behind: register(
                 r,

@@ -674,3 +674,57 @@ async fn an_outcome_the_store_refused_once_is_recorded_again_not_redone() {
         "judged once; only the record of it was retried"
     );
 }
+
+#[actix_rt::test]
+async fn a_contact_whose_log_fails_verification_is_quarantined_once_and_its_records_refused() {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    h.send(segment("p", "s1", "Hello")).await;
+    h.wait_for("p", "SentimentAssessed").await;
+    // Another writer appends an event whose hash does not match its content.
+    let log: Vec<StoredEvent> = h.store.read("p", SeqRange::all()).await.unwrap();
+    let last = log.last().unwrap();
+    let mut head = ChainHead {
+        seq: last.seq,
+        hash: last.hash.clone(),
+    };
+    let ended = Event::ContactEnded(ContactEnded {
+        ended_at: chrono::Utc::now(),
+        reason: EndReason::Ended,
+    });
+    let mut forged = head.seal("p", Some("forged"), &ended, chrono::Utc::now());
+    forged.payload.push(' ');
+    h.store.append(&[forged]).await.unwrap();
+    let loads = h.counting.reads.load(Ordering::SeqCst);
+    // The next record makes the actor reload (its append conflicts) and find the break.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for id in ["s2", "s3"] {
+        tx.send(Ingested::Record(segment("p", id, "Still there?")))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let rejects_path = h._dir.path().join("rejected.jsonl");
+    let rejects = RejectLog::open(&rejects_path).unwrap();
+    let stats = feed(h.pipeline.router.clone(), rx, &rejects, 8).await;
+    assert_eq!(
+        (stats.appended, stats.refused, stats.undeliverable),
+        (0, 2, 0)
+    );
+    let rejected = std::fs::read_to_string(&rejects_path).unwrap();
+    assert_eq!(
+        rejected.lines().count(),
+        2,
+        "each record dead-lettered once"
+    );
+    assert!(rejected.contains("quarantined"), "{rejected}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        h.counting.reads.load(Ordering::SeqCst),
+        loads + 1,
+        "loaded once, not retried every second"
+    );
+}

@@ -82,6 +82,9 @@ pub struct ContactActor {
     passivated: bool,
     /// Whether this actor counts in `open_contacts`.
     counted: bool,
+    /// Why the contact's log cannot be loaded (a broken chain, an undecodable event), once
+    /// it is known: the contact takes no input and does no work.
+    quarantined: Option<String>,
 }
 
 impl ContactActor {
@@ -95,6 +98,7 @@ impl ContactActor {
             last_input: Instant::now(),
             passivated: false,
             counted: false,
+            quarantined: None,
         }
     }
 
@@ -105,20 +109,26 @@ impl ContactActor {
             self.services.rules.clone(),
         );
         let fut = async move {
-            let events = store
-                .read(&id, SeqRange::all())
-                .await
-                .map_err(|e| e.to_string())?;
-            Contact::load(id, rules, &events)
+            match store.read(&id, SeqRange::all()).await {
+                Ok(events) => Ok(Contact::load(id, rules, &events)),
+                Err(e) => Err(e.to_string()),
+            }
         };
         ctx.wait(fut.into_actor(self).map(|loaded, act, ctx| match loaded {
-            Ok(contact) => {
+            Ok(Ok(contact)) => {
                 act.contact = Some(contact);
                 act.resave_latest_summary(ctx);
                 act.reconcile(ctx);
             }
+            Ok(Err(broken)) => {
+                // Reading again gives the same log: quarantine the contact once instead of
+                // retrying forever; its records are refused into the reject log.
+                metrics().contacts_quarantined.inc();
+                tracing::error!(contact = %act.id, error = %broken, "the contact's log fails verification or decoding: quarantined (see `callpulse verify`)");
+                act.quarantined = Some(broken);
+            }
             Err(error) => {
-                tracing::error!(contact = %act.id, %error, "cannot load the contact's log; retrying in 1 s");
+                tracing::error!(contact = %act.id, %error, "cannot read the contact's log; retrying in 1 s");
                 ctx.run_later(Duration::from_secs(1), |act, ctx| act.load(ctx));
             }
         }));
@@ -458,6 +468,12 @@ impl Handler<ContactInput> for ContactActor {
 
     fn handle(&mut self, input: ContactInput, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_input = Instant::now();
+        if let Some(broken) = &self.quarantined {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Refused(format!(
+                "contact {} is quarantined: its log fails verification ({broken}); see `callpulse verify {}`",
+                self.id, self.id
+            ))))));
+        }
         let Some(contact) = self.contact.as_ref() else {
             return AtomicResponse::new(Box::pin(fut::ready(Err(InputError(
                 "contact log not loaded yet (store unavailable?)".into(),
