@@ -23,7 +23,6 @@ pub struct Projector {
     events: Arc<dyn EventStore>,
     projections: Arc<dyn ProjectionStore>,
     every: Duration,
-    running: bool,
 }
 
 impl Projector {
@@ -37,7 +36,6 @@ impl Projector {
             events,
             projections,
             every,
-            running: false,
         }
     }
 }
@@ -47,16 +45,13 @@ impl Actor for Projector {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.every, |act, ctx| {
-            if act.running {
-                return;
-            }
-            act.running = true;
+            // `wait`: nothing else runs on the projector meanwhile, so a catch-up asked for
+            // (at shutdown) never folds the same events as a periodic one.
             let (events, projections) = (act.events.clone(), act.projections.clone());
-            ctx.spawn(
+            ctx.wait(
                 async move { catch_up(events.as_ref(), projections.as_ref(), BATCH).await }
                     .into_actor(act)
-                    .map(|result, act, _| {
-                        act.running = false;
+                    .map(|result, _, _| {
                         if let Err(error) = result {
                             tracing::warn!(%error, "projector could not catch up; retrying");
                         }
@@ -67,13 +62,96 @@ impl Actor for Projector {
 }
 
 impl Handler<CatchUp> for Projector {
-    type Result = ResponseActFuture<Self, Result<u64, StoreError>>;
+    type Result = AtomicResponse<Self, Result<u64, StoreError>>;
 
     fn handle(&mut self, _: CatchUp, _: &mut Context<Self>) -> Self::Result {
         let (events, projections) = (self.events.clone(), self.projections.clone());
-        Box::pin(
+        AtomicResponse::new(Box::pin(
             async move { catch_up(events.as_ref(), projections.as_ref(), BATCH).await }
                 .into_actor(self),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::app::query::tests::{at, call_log, three_calls};
+    use crate::events::Participant;
+    use crate::store::memory::MemoryProjectionStore;
+    use crate::store::{ContactFilter, ContactRow};
+
+    /// The in-memory read model, slow to fetch rows, counting the catch-ups that fetch at
+    /// the same time.
+    #[derive(Default)]
+    struct Overlaps {
+        inner: MemoryProjectionStore,
+        fetching: AtomicUsize,
+        most_at_once: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ProjectionStore for Overlaps {
+        async fn checkpoint(&self) -> Result<u64, StoreError> {
+            self.inner.checkpoint().await
+        }
+
+        async fn save(&self, rows: &[ContactRow], checkpoint: u64) -> Result<(), StoreError> {
+            self.inner.save(rows, checkpoint).await
+        }
+
+        async fn contact(&self, contact_id: &str) -> Result<Option<ContactRow>, StoreError> {
+            self.inner.contact(contact_id).await
+        }
+
+        async fn rows(&self, ids: &[String]) -> Result<HashMap<String, ContactRow>, StoreError> {
+            let now = self.fetching.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.fetching.fetch_sub(1, Ordering::SeqCst);
+            self.inner.rows(ids).await
+        }
+
+        async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError> {
+            self.inner.contacts(filter).await
+        }
+
+        async fn reset(&self) -> Result<(), StoreError> {
+            self.inner.reset().await
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_catch_up_asked_for_never_runs_beside_the_periodic_one() {
+        let events = Arc::new(three_calls().await);
+        let projections = Arc::new(Overlaps::default());
+        let projector = Projector::new(
+            events.clone(),
+            projections.clone(),
+            Duration::from_millis(5),
         )
+        .start();
+        for i in 0..8 {
+            let log = call_log(
+                &format!("c-{i}"),
+                at(200 + i),
+                &[(Participant::Customer, "hi", 0.1)],
+                true,
+            );
+            events.append(&log).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            projector.send(CatchUp).await.unwrap().unwrap();
+        }
+        assert_eq!(projections.most_at_once.load(Ordering::SeqCst), 1);
+        let rows = projections
+            .contacts(&ContactFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 11);
     }
 }
