@@ -534,21 +534,30 @@ async fn a_long_wait_for_a_summary_never_delays_a_short_wait_for_sentiment() {
         GatewayConfig {
             models: [
                 ("judge".to_string(), limits(1, 0)),
-                ("writer".to_string(), limits(0, 100)),
+                ("writer".to_string(), limits(0, 600)),
             ]
             .into(),
             ..Default::default()
         },
         PipelineConfig::default(),
     );
-    // The summary of a long call needs minutes of the writer's token budget.
-    h.send(segment("long", "l1", &"words ".repeat(300))).await;
-    h.wait_for("long", "SentimentAssessed").await;
-    h.send(end("long")).await;
-    // This utterance waits about a second for the judge's request budget.
-    h.send(segment("short", "s1", "Hello")).await;
-    let events = h.wait_for("short", "SentimentAssessed").await;
-    assert_eq!(judged_ids(&events, "SentimentAssessed"), ["s1"]);
+    // Two long calls: the second one's summary waits about 40 s for the writer's budget.
+    let words = "words ".repeat(300);
+    for contact in ["long-1", "long-2"] {
+        h.send(segment(contact, "l1", &words)).await;
+        h.wait_for(contact, "SentimentAssessed").await;
+    }
+    h.send(end("long-1")).await;
+    h.wait_for("long-1", "SummaryGenerated").await;
+    h.send(end("long-2")).await;
+    // Two utterances at once: the second waits about a second for the judge's budget.
+    h.send(segment("short-a", "s1", "Hello")).await;
+    h.send(segment("short-b", "s1", "Hello")).await;
+    for contact in ["short-a", "short-b"] {
+        let events = h.wait_for(contact, "SentimentAssessed").await;
+        assert_eq!(judged_ids(&events, "SentimentAssessed"), ["s1"]);
+    }
+    assert_eq!(count(&h.events("long-2").await, "SummaryGenerated"), 0, "still waiting");
 }
 
 #[actix_rt::test]
