@@ -557,7 +557,11 @@ async fn a_long_wait_for_a_summary_never_delays_a_short_wait_for_sentiment() {
         let events = h.wait_for(contact, "SentimentAssessed").await;
         assert_eq!(judged_ids(&events, "SentimentAssessed"), ["s1"]);
     }
-    assert_eq!(count(&h.events("long-2").await, "SummaryGenerated"), 0, "still waiting");
+    assert_eq!(
+        count(&h.events("long-2").await, "SummaryGenerated"),
+        0,
+        "still waiting"
+    );
 }
 
 #[actix_rt::test]

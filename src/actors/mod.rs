@@ -168,6 +168,15 @@ impl Pipeline {
     /// Brings the read models up to date, then restarts every contact that still owes work
     /// (open, or ended without a summary). Returns how many.
     pub async fn resume_unfinished(&self) -> Result<usize, StoreError> {
+        self.resume_unfinished_where(|_| true).await
+    }
+
+    /// Like [`Pipeline::resume_unfinished`], for the contacts `selects` picks (those of the
+    /// shards a fleet worker holds).
+    pub async fn resume_unfinished_where(
+        &self,
+        selects: impl Fn(&str) -> bool,
+    ) -> Result<usize, StoreError> {
         self.catch_up().await?;
         let unfinished: Vec<String> = self
             .projections
@@ -175,6 +184,7 @@ impl Pipeline {
             .await?
             .into_iter()
             .filter(|c| c.ended_at.is_none() || (c.summary_version == 0 && c.utterances > 0))
+            .filter(|c| selects(&c.contact_id))
             .map(|c| c.contact_id)
             .collect();
         let n = unfinished.len();

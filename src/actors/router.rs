@@ -31,6 +31,12 @@ pub struct Passivate {
 #[rtype(result = "()")]
 pub struct Resume(pub Vec<String>);
 
+/// Stop the live contacts this selects (those of a shard this worker no longer reads: its
+/// new owner resumes them from the log); answers how many were stopped.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Release(pub Box<dyn Fn(&str) -> bool + Send>);
+
 /// How many contacts are live and how many of them owe work.
 #[derive(Message)]
 #[rtype(result = "Activity")]
@@ -145,6 +151,25 @@ impl Handler<Resume> for ContactRouter {
         for id in ids {
             self.contact(&id);
         }
+    }
+}
+
+impl Handler<Release> for ContactRouter {
+    type Result = usize;
+
+    fn handle(&mut self, Release(selects): Release, _: &mut Context<Self>) -> usize {
+        let released: Vec<String> = self
+            .contacts
+            .keys()
+            .filter(|id| selects(id))
+            .cloned()
+            .collect();
+        for id in &released {
+            if let Some(addr) = self.contacts.remove(id) {
+                addr.do_send(Stop);
+            }
+        }
+        released.len()
     }
 }
 

@@ -62,10 +62,14 @@ pub async fn run(
     let store = parts.store.clone();
     let mut anchor = Anchor::open(data.anchor())?;
     let pipeline = Pipeline::start(parts);
-    pipeline
-        .resume_unfinished()
-        .await
-        .context("resuming unfinished contacts")?;
+    // A fleet worker resumes only the contacts of the shards it takes (the Kinesis source
+    // does it as it takes them); one machine resumes all.
+    if kinesis.is_none() {
+        pipeline
+            .resume_unfinished()
+            .await
+            .context("resuming unfinished contacts")?;
+    }
     let rejects = RejectLog::open(&data.reject_log())
         .with_context(|| format!("opening {}", data.reject_log().display()))?;
     let (tx, rx) = mpsc::channel::<Ingested>(config.pipeline.max_in_flight.max(1));
@@ -125,12 +129,7 @@ pub async fn run(
         match &kinesis {
             Some(source) => {
                 source
-                    .run(
-                        pipeline.router.clone(),
-                        &rejects,
-                        max_in_flight,
-                        stop.clone(),
-                    )
+                    .run(&pipeline, &rejects, max_in_flight, stop.clone())
                     .await
             }
             None => FeedStats::default(),

@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 
 use super::leases::{LATEST, Lease, LeasePlanner, LeaseTable, SHARD_END, ShardInfo, TRIM_HORIZON};
 use super::source::{LineReader, ReadStats, RejectLog};
+use crate::actors::Pipeline;
 use crate::actors::feed::{FeedStats, feed};
-use crate::actors::router::ContactRouter;
+use crate::actors::router::{ContactRouter, Release};
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::backoff::backoff;
 use crate::metrics::metrics;
@@ -92,6 +93,11 @@ impl InitialPosition {
     }
 }
 
+/// The shard id of a lease key (`<stream>/<shard id>`).
+fn shard_of(key: &str) -> &str {
+    key.rsplit_once('/').map_or(key, |(_, shard)| shard)
+}
+
 /// How a shard reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReaderEnd {
@@ -108,6 +114,8 @@ struct Held {
     token: String,
     cancel: CancellationToken,
     renewed: Instant,
+    /// Another worker has it now (taken over, or not renewed for a lease duration).
+    lost: bool,
 }
 
 type Reader<'a> = LocalBoxFuture<'a, (String, ReaderEnd, FeedStats)>;
@@ -183,15 +191,19 @@ impl KinesisSource {
     }
 
     /// Runs until `stop`: keeps this worker's share of the leases, reads their shards into
-    /// `router` (refusals to `rejects`), and on `stop` finishes each shard's batch in
-    /// progress, checkpoints it and gives its leases back.
+    /// the pipeline (refusals to `rejects`), and on `stop` finishes each shard's batch in
+    /// progress, checkpoints it and gives its leases back. Only the contacts of the shards
+    /// it holds run here: taking a shard's lease resumes that shard's unfinished contacts
+    /// (those a dead or departed worker left), and losing it, or reading it to its end,
+    /// stops them (their new owner resumes them).
     pub async fn run(
         &self,
-        router: Addr<ContactRouter>,
+        pipeline: &Pipeline,
         rejects: &RejectLog,
         max_in_flight: usize,
         stop: CancellationToken,
     ) -> FeedStats {
+        let router = &pipeline.router;
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
         let mut planner = LeasePlanner::new(&self.me, lease_duration);
         let mut held: HashMap<String, Held> = HashMap::new();
@@ -200,6 +212,7 @@ impl KinesisSource {
         let mut tick = tokio::time::interval(lease_duration / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut synced: Option<Instant> = None;
+        let mut shards: HashMap<String, ShardInfo> = HashMap::new();
         tracing::info!(worker = %self.me, stream = %self.config.stream, "reading Kinesis");
         loop {
             tokio::select! {
@@ -208,20 +221,44 @@ impl KinesisSource {
                     stats += read;
                     // A reader can end on `stop` before this loop sees it: whatever
                     // ended it, a lease still held is given back (a lost one refuses).
-                    if let Some(lease) = held.remove(&key)
+                    let lease = held.remove(&key);
+                    if let Some(lease) = &lease
                         && end != ReaderEnd::Lost
                     {
                         self.give_back(&key, &lease.token).await;
                     }
+                    let moved = end == ReaderEnd::Lost || lease.is_some_and(|l| l.lost);
+                    if (moved || end == ReaderEnd::ShardEnd)
+                        && let Some(shard) = shards.get(shard_of(&key)).cloned()
+                    {
+                        let stopped = router
+                            .send(Release(Box::new(move |id| shard.holds(id))))
+                            .await
+                            .unwrap_or(0);
+                        tracing::info!(lease = %key, contacts = stopped, "stopped the contacts of a shard no longer read here");
+                    }
                 }
                 _ = tick.tick() => {
                     let taken = self
-                        .keep_leases(&mut planner, &mut held, &mut synced)
+                        .keep_leases(&mut planner, &mut held, &mut synced, &mut shards)
                         .await
                         .unwrap_or_else(|e| {
                             tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
                             Vec::new()
                         });
+                    let ours: Vec<ShardInfo> = taken
+                        .iter()
+                        .filter_map(|lease| shards.get(&lease.shard_id).cloned())
+                        .collect();
+                    if !ours.is_empty() {
+                        match pipeline
+                            .resume_unfinished_where(|id| ours.iter().any(|s| s.holds(id)))
+                            .await
+                        {
+                            Ok(n) => tracing::info!(shards = ours.len(), contacts = n, "resumed the unfinished contacts of the shards taken"),
+                            Err(e) => tracing::error!(error = %e, "resuming the contacts of the shards taken failed; they resume with their next record"),
+                        }
+                    }
                     for lease in taken {
                         let token = lease.token.clone().expect("a taken lease has a token");
                         let cancel = stop.child_token();
@@ -229,8 +266,9 @@ impl KinesisSource {
                             token,
                             cancel: cancel.clone(),
                             renewed: Instant::now(),
+                            lost: false,
                         });
-                        readers.push(Box::pin(self.read_shard(lease, cancel, &router, rejects, max_in_flight)));
+                        readers.push(Box::pin(self.read_shard(lease, cancel, router, rejects, max_in_flight)));
                     }
                 }
             }
@@ -261,6 +299,7 @@ impl KinesisSource {
         planner: &mut LeasePlanner,
         held: &mut HashMap<String, Held>,
         synced: &mut Option<Instant>,
+        known: &mut HashMap<String, ShardInfo>,
     ) -> anyhow::Result<Vec<Lease>> {
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
         for (key, lease) in held.iter_mut() {
@@ -271,10 +310,12 @@ impl KinesisSource {
                 Ok(true) => lease.renewed = Instant::now(),
                 Ok(false) => {
                     tracing::info!(lease = %key, "lease taken over by another worker; stopping its reader");
+                    lease.lost = true;
                     lease.cancel.cancel();
                 }
                 Err(e) if lease.renewed.elapsed() >= lease_duration => {
                     tracing::warn!(lease = %key, error = format!("{e:#}"), "lease not renewed for a lease duration; stopping its reader");
+                    lease.lost = true;
                     lease.cancel.cancel();
                 }
                 Err(e) => {
@@ -288,6 +329,7 @@ impl KinesisSource {
             self.leases
                 .add_missing(&shards, self.config.initial_position.checkpoint())
                 .await?;
+            known.extend(shards.into_iter().map(|s| (s.shard_id.clone(), s)));
             *synced = Some(Instant::now());
         }
         let table = self.leases.list().await?;
@@ -325,7 +367,11 @@ impl KinesisSource {
                 .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
                 .with_context(|| format!("listing the shards of {}", self.config.stream))?;
             for shard in page.shards() {
+                let key = |k: &str| k.parse::<u128>().ok();
                 shards.push(ShardInfo {
+                    hash_range: shard.hash_key_range().and_then(|r| {
+                        Some((key(r.starting_hash_key())?, key(r.ending_hash_key())?))
+                    }),
                     shard_id: shard.shard_id().to_string(),
                     parents: shard
                         .parent_shard_id()
@@ -706,6 +752,110 @@ mod tests {
         assert!(k4.iter().any(|e| e.kind == "ContactEnded"), "{k4:?}");
     }
 
+    #[actix_rt::test]
+    async fn a_worker_resumes_the_unfinished_contacts_of_the_shards_it_takes_and_no_others() {
+        let (kinesis, name) = stream(2).await;
+        let sdk = moto::config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let lease_table = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
+        let leases = LeaseTable::new(dynamo, &lease_table, &name);
+        let source = KinesisSource::with_clients(
+            &KinesisConfig {
+                stream: name.clone(),
+                lease_table: lease_table.clone(),
+                ..KinesisConfig::default()
+            },
+            kinesis.clone(),
+            aws_sdk_dynamodb::Client::new(&sdk),
+        )
+        .unwrap();
+        let shards = source.shards().await.unwrap();
+        leases.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        // A live worker holds the second shard; this one will take the first.
+        let theirs = &shards[1];
+        let key = format!("{name}/{}", theirs.shard_id);
+        leases
+            .take(&key, 0, "other", "other-token")
+            .await
+            .unwrap()
+            .unwrap();
+        // One call per shard that ended before its summary was written (a worker died).
+        let contact_on = |shard: &ShardInfo| {
+            (0..)
+                .map(|n| format!("c-{n}"))
+                .find(|id| shard.holds(id))
+                .unwrap()
+        };
+        let (mine, other) = (contact_on(&shards[0]), contact_on(theirs));
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let (events, _) = data.stores().unwrap();
+        for id in [&mine, &other] {
+            let mut log = crate::app::query::tests::call_log(
+                id,
+                crate::app::query::tests::at(0),
+                &[(
+                    crate::events::Participant::Customer,
+                    "Where is my refund?",
+                    0.7,
+                )],
+                true,
+            );
+            assert_eq!(log.pop().unwrap().kind, "SummaryGenerated");
+            events.append(&log).await.unwrap();
+        }
+
+        let moto_endpoint = AwsEndpoint {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(moto::endpoint().to_string()),
+        };
+        let mut config = Config::load(None).unwrap();
+        config.models.backend = Backend::StandIn;
+        config.models.stand_in_latency_ms = 0;
+        config.kinesis = Some(KinesisConfig {
+            stream: name.clone(),
+            lease_table,
+            worker_id: "me".into(),
+            lease_duration_ms: 60_000,
+            idle_poll_ms: 20,
+            endpoint: moto_endpoint.clone(),
+            lease_endpoint: moto_endpoint,
+            ..KinesisConfig::default()
+        });
+        let stop = CancellationToken::new();
+        let inputs = Inputs {
+            kinesis: true,
+            stop: stop.clone(),
+            settle_timeout: Duration::from_secs(30),
+            ..Inputs::default()
+        };
+        let summarised = |id: &str| {
+            let events = events.clone();
+            let id = id.to_string();
+            async move {
+                let log = events.read(&id, SeqRange::all()).await.unwrap();
+                log.iter().any(|e| e.kind == "SummaryGenerated")
+            }
+        };
+        let watch = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !summarised(&mine).await {
+                assert!(Instant::now() < deadline, "{mine} never summarised");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            stop.cancel();
+        };
+        let backends = backends(&config).await.unwrap();
+        let (stats, ()) = tokio::join!(run(&config, &data, backends, inputs), watch);
+        stats.unwrap();
+        assert!(summarised(&mine).await);
+        assert!(
+            !summarised(&other).await,
+            "{other} is on a shard another live worker holds: not this worker's to finish"
+        );
+    }
+
     /// Each shard's lease owner, by shard id.
     async fn owners(leases: &LeaseTable) -> BTreeMap<String, Option<String>> {
         let table = leases.list().await.unwrap();
@@ -782,7 +932,6 @@ mod tests {
             }
             last
         };
-        let router = pipeline.router.clone();
         let b_started = CancellationToken::new();
         let driving = async {
             let first = put_lines(0..2).await;
@@ -815,10 +964,10 @@ mod tests {
         };
         let running_b = async {
             b_started.cancelled().await;
-            b.run(router.clone(), &rejects, 64, stop_b.clone()).await
+            b.run(&pipeline, &rejects, 64, stop_b.clone()).await
         };
         let (read_a, read_b, ()) = tokio::join!(
-            a.run(router.clone(), &rejects, 64, stop_a.clone()),
+            a.run(&pipeline, &rejects, 64, stop_a.clone()),
             running_b,
             driving
         );

@@ -71,6 +71,23 @@ pub struct ShardInfo {
     pub shard_id: String,
     /// Its parent and adjacent parent, if any.
     pub parents: Vec<String>,
+    /// The hash keys it holds, first and last (`None` when the stream did not say).
+    pub hash_range: Option<(u128, u128)>,
+}
+
+impl ShardInfo {
+    /// Whether the records of `contact_id` (the partition key callpulse's records are put
+    /// with) land on this shard.
+    pub fn holds(&self, contact_id: &str) -> bool {
+        self.hash_range
+            .is_some_and(|(first, last)| (first..=last).contains(&hash_key(contact_id)))
+    }
+}
+
+/// Kinesis's hash key of a partition key: its MD5 as a 128-bit big-endian number.
+pub fn hash_key(partition_key: &str) -> u128 {
+    use md5::{Digest, Md5};
+    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }
 
 /// Where a new lease of `shard` starts: a child of a shard still listed (a reshard) reads
@@ -449,10 +466,33 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
+    fn a_contact_belongs_to_the_shard_whose_range_holds_the_md5_of_its_id() {
+        // MD5("c-1") = 298a664f...: in the lower half of the key space.
+        assert_eq!(hash_key("c-1") >> 96, 0x298a_664f);
+        let half = u128::MAX / 2;
+        let low = ShardInfo {
+            shard_id: "low".into(),
+            parents: Vec::new(),
+            hash_range: Some((0, half)),
+        };
+        let high = ShardInfo {
+            hash_range: Some((half + 1, u128::MAX)),
+            ..low.clone()
+        };
+        assert!(low.holds("c-1") && !high.holds("c-1"));
+        let unknown = ShardInfo {
+            hash_range: None,
+            ..low
+        };
+        assert!(!unknown.holds("c-1"));
+    }
+
+    #[test]
     fn children_of_a_listed_shard_start_at_trim_horizon_whatever_the_initial_position() {
         let info = |id: &str, parents: &[&str]| ShardInfo {
             shard_id: id.into(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
+            hash_range: None,
         };
         let shards = [
             info("parent", &[]),
@@ -596,6 +636,7 @@ mod table_tests {
         ShardInfo {
             shard_id: id.into(),
             parents: Vec::new(),
+            hash_range: None,
         }
     }
 
