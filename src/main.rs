@@ -110,6 +110,11 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// The fleet reading the `[kinesis]` stream.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Measure model quality on labelled data (see ../shared/eval/README.md).
     Eval {
         #[command(subcommand)]
@@ -153,6 +158,17 @@ enum QueryWhat {
         /// The contact.
         contact_id: String,
         /// Output format (table or json).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Each shard's lease owner, checkpoint, lag and unfinished contacts, and the leases
+    /// and unfinished contacts of each worker.
+    Status {
+        /// `table` or `json`.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -483,6 +499,19 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             if !report.is_ok() {
                 std::process::exit(1);
             }
+        }
+        Command::Fleet {
+            action: FleetAction::Status { format },
+        } => {
+            let kinesis = config
+                .kinesis
+                .as_ref()
+                .context("fleet status needs a [kinesis] config table naming the stream")?;
+            let source = callpulse::ingest::kinesis::KinesisSource::new(kinesis).await?;
+            let data = DataDir::open(&data_dir)?;
+            let (_, projections) = callpulse::app::stores(&config, &data).await?;
+            let shards = callpulse::app::fleet::status(&source, projections.as_ref()).await?;
+            callpulse::app::fleet::write(&shards, format, &mut std::io::stdout())?;
         }
         Command::Store {
             action: StoreAction::Init,

@@ -57,6 +57,11 @@ pub struct Metrics {
     /// `kinesis_millis_behind{shard}`: how far this worker's reader of each leased shard is
     /// behind the stream's tip, as GetRecords reports it.
     pub kinesis_millis_behind: IntGaugeVec,
+    /// `kinesis_leases_held`: shard leases this worker holds.
+    pub kinesis_leases_held: IntGauge,
+    /// `kinesis_lease_takeovers_total`: leases this worker took from another worker
+    /// (expired or stolen to balance).
+    pub kinesis_lease_takeovers: IntCounter,
 }
 
 /// Registers `collector` and hands it back. Names are fixed and distinct, so failing here is
@@ -187,6 +192,16 @@ impl Metrics {
                     &["shard"],
                 )
                 .expect("valid metric"),
+            ),
+            kinesis_leases_held: register(
+                r,
+                IntGauge::new("kinesis_leases_held", "Shard leases this worker holds")
+                    .expect("valid metric"),
+            ),
+            kinesis_lease_takeovers: counter(
+                r,
+                "kinesis_lease_takeovers_total",
+                "Leases this worker took from another worker",
             ),
             registry,
         }

@@ -1,6 +1,7 @@
 //! What the commands share: the data directory, and building a pipeline's parts (stores,
 //! models, sinks) from config.
 
+pub mod fleet;
 pub mod query;
 pub mod replay;
 pub mod resend;

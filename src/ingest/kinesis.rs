@@ -239,6 +239,7 @@ impl KinesisSource {
                     }
                 }
                 _ = tick.tick() => {
+                    metrics().kinesis_leases_held.set(held.len() as i64);
                     let taken = self
                         .keep_leases(&mut planner, &mut held, &mut synced, &mut shards)
                         .await
@@ -337,13 +338,20 @@ impl KinesisSource {
         let mut taken = Vec::new();
         for take in planner.plan(&table, &keys, Instant::now()) {
             let token = uuid::Uuid::now_v7().to_string();
+            let from = table
+                .iter()
+                .find(|l| l.key == take.key)
+                .and_then(|l| l.owner.clone());
             match self
                 .leases
                 .take(&take.key, take.seen, &self.me, &token)
                 .await?
             {
                 Some(lease) => {
-                    tracing::info!(lease = %lease.key, checkpoint = %lease.checkpoint, "lease taken");
+                    if from.is_some() {
+                        metrics().kinesis_lease_takeovers.inc();
+                    }
+                    tracing::info!(lease = %lease.key, checkpoint = %lease.checkpoint, ?from, "lease taken");
                     taken.push(lease);
                 }
                 None => tracing::debug!(lease = %take.key, "another worker moved first"),
@@ -409,6 +417,43 @@ impl KinesisSource {
             .with_context(|| format!("positioning on {shard_id} after {checkpoint}"))?;
         out.shard_iterator
             .context("GetShardIterator returned no iterator")
+    }
+
+    /// Every shard of the stream with its lease and how far its checkpoint is behind the
+    /// stream's tip (`None` for a shard read to its end or one the stream did not say).
+    pub async fn status(&self) -> anyhow::Result<Vec<(ShardInfo, Option<Lease>, Option<i64>)>> {
+        let shards = self.shards().await?;
+        let mut leases: HashMap<String, Lease> = self
+            .leases
+            .list()
+            .await?
+            .into_iter()
+            .map(|l| (l.shard_id.clone(), l))
+            .collect();
+        let mut rows = Vec::new();
+        for shard in shards {
+            let lease = leases.remove(&shard.shard_id);
+            let checkpoint = lease
+                .as_ref()
+                .map_or(TRIM_HORIZON, |l| l.checkpoint.as_str());
+            let behind = match checkpoint {
+                SHARD_END => None,
+                checkpoint => {
+                    let iterator = self.iterator(&shard.shard_id, checkpoint).await?;
+                    let page = self
+                        .kinesis
+                        .get_records()
+                        .shard_iterator(iterator)
+                        .limit(1)
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))?;
+                    page.millis_behind_latest
+                }
+            };
+            rows.push((shard, lease, behind));
+        }
+        Ok(rows)
     }
 
     /// Reads one leased shard until it ends, the lease is lost, or `cancel`.
@@ -560,7 +605,7 @@ mod tests {
     use crate::aws::moto;
     use crate::config::{Backend, Config};
     use crate::ingest::source::RejectLog;
-    use crate::store::SeqRange;
+    use crate::store::{EventStore, SeqRange};
 
     /// A stream with `shards` shards on moto, and a client for it.
     async fn stream(shards: i32) -> (aws_sdk_kinesis::Client, String) {
@@ -856,6 +901,73 @@ mod tests {
         );
     }
 
+    #[actix_rt::test]
+    async fn fleet_status_shows_owners_checkpoints_lag_and_unfinished_contacts_per_worker() {
+        let (kinesis, name) = stream(2).await;
+        let sdk = moto::config().await;
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let lease_table = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
+        let leases = LeaseTable::new(dynamo.clone(), &lease_table, &name);
+        let source = KinesisSource::with_clients(
+            &KinesisConfig {
+                stream: name.clone(),
+                lease_table,
+                ..KinesisConfig::default()
+            },
+            kinesis.clone(),
+            dynamo,
+        )
+        .unwrap();
+        let shards = source.shards().await.unwrap();
+        leases.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        let key = format!("{name}/{}", shards[0].shard_id);
+        leases.take(&key, 0, "w-1", "t").await.unwrap().unwrap();
+        let open = (0..)
+            .map(|n| format!("c-{n}"))
+            .find(|id| shards[0].holds(id))
+            .unwrap();
+        put(&kinesis, &name, &call(&open), None).await;
+        let events = crate::store::memory::MemoryEventStore::new();
+        let log = crate::app::query::tests::call_log(
+            &open,
+            crate::app::query::tests::at(0),
+            &[(crate::events::Participant::Customer, "Hello?", 0.1)],
+            false,
+        );
+        events.append(&log).await.unwrap();
+        let projections = crate::store::memory::MemoryProjectionStore::new();
+        crate::store::projection::catch_up(&events, &projections, 100)
+            .await
+            .unwrap();
+
+        let status = crate::app::fleet::status(&source, &projections)
+            .await
+            .unwrap();
+        assert_eq!(status.len(), 2);
+        let held = status.iter().find(|s| s.owner.is_some()).unwrap();
+        assert_eq!(held.owner.as_deref(), Some("w-1"));
+        assert_eq!(held.checkpoint.as_deref(), Some(TRIM_HORIZON));
+        assert_eq!(held.unfinished_contacts, 1);
+        assert!(
+            status.iter().all(|s| s.millis_behind.is_some()),
+            "{status:?}"
+        );
+        let mut out = Vec::new();
+        crate::app::fleet::write(&status, crate::app::query::Format::Json, &mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["workers"]["w-1"]["leases"], 1);
+        assert_eq!(json["workers"]["w-1"]["unfinishedContacts"], 1);
+        assert_eq!(json["workers"]["(none)"]["leases"], 1);
+        let mut table = Vec::new();
+        crate::app::fleet::write(&status, crate::app::query::Format::Table, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("w-1: 1 leases, 1 unfinished contacts"),
+            "{table}"
+        );
+    }
+
     /// Each shard's lease owner, by shard id.
     async fn owners(leases: &LeaseTable) -> BTreeMap<String, Option<String>> {
         let table = leases.list().await.unwrap();
@@ -974,6 +1086,11 @@ mod tests {
         pipeline.settle(Duration::from_secs(30)).await.unwrap();
 
         assert!(read_b.appended > 0, "b read the shards it took: {read_b:?}");
+        assert!(
+            metrics().kinesis_lease_takeovers.get() >= 2,
+            "b's two leases were taken from a"
+        );
+        assert!(crate::metrics::render().contains("callpulse_kinesis_leases_held"));
         assert_eq!(
             read_a.appended + read_b.appended,
             32,
