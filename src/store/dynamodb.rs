@@ -667,20 +667,43 @@ impl ProjectionStore for DynamoProjectionStore {
         self.start_days.register(&self.client, days).await?;
         let mut checkpoint_item = Self::checkpoint_key();
         checkpoint_item.insert("position".into(), n(checkpoint));
-        let actions = latest
+        let writes: Vec<IfNotBehind> = latest
             .values()
-            .map(|row| row_item(row))
-            .chain([checkpoint_item])
-            .map(|new_item| {
-                let put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(new_item))
-                    .build()
-                    .expect("table and item are set");
-                TransactWriteItem::builder().put(put).build()
+            .map(|row| IfNotBehind {
+                item: row_item(row),
+                field: "lastSeq",
+                value: row.last_seq,
             })
+            .chain([IfNotBehind {
+                item: checkpoint_item,
+                field: "position",
+                value: checkpoint,
+            }])
             .collect();
-        transact_in_chunks(&self.client, actions).await
+        for chunk in writes.chunks(MAX_TRANSACTION_ACTIONS) {
+            let actions = chunk
+                .iter()
+                .map(|w| TransactWriteItem::builder().put(w.put(&self.table)).build())
+                .collect();
+            let written = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await;
+            match written {
+                Ok(_) => {}
+                Err(e) if cancelled_by_condition(&e) => {
+                    // Another worker folded some of these rows further: write the others
+                    // one by one, each only over a fold that is not ahead of it.
+                    for write in chunk {
+                        write.put_alone(&self.client, &self.table).await?;
+                    }
+                }
+                Err(e) => return Err(unavailable("TransactWriteItems", e)),
+            }
+        }
+        Ok(())
     }
 
     async fn contact(&self, contact_id: &str) -> Result<Option<ContactRow>, StoreError> {
@@ -935,6 +958,71 @@ async fn query_items(
 }
 
 /// Runs `actions` as transactions of at most 100 actions, one after the other.
+/// A read-model item written only over one that is not ahead of it: fleet workers fold the
+/// same log at their own pace, and a slower fold must never overwrite a newer row (or move
+/// the checkpoint back).
+struct IfNotBehind {
+    item: HashMap<String, AttributeValue>,
+    /// The number that orders folds of this item (`lastSeq` of a row, `position` of the
+    /// checkpoint) ...
+    field: &'static str,
+    /// ... and this write's.
+    value: u64,
+}
+
+impl IfNotBehind {
+    const CONDITION: &str = "attribute_not_exists(#pk) OR #order <= :order";
+
+    fn put(&self, table: &str) -> Put {
+        Put::builder()
+            .table_name(table)
+            .set_item(Some(self.item.clone()))
+            .condition_expression(Self::CONDITION)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#order", self.field)
+            .expression_attribute_values(":order", n(self.value))
+            .build()
+            .expect("table, item and condition are set")
+    }
+
+    /// Writes it on its own; a newer item already there is kept, and that is no error.
+    async fn put_alone(&self, client: &Client, table: &str) -> Result<(), StoreError> {
+        let written = client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(self.item.clone()))
+            .condition_expression(Self::CONDITION)
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#order", self.field)
+            .expression_attribute_values(":order", n(self.value))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                tracing::debug!(
+                    field = self.field,
+                    value = self.value,
+                    "a newer fold of this read-model item is there; kept"
+                );
+                Ok(())
+            }
+            Err(e) => Err(unavailable("PutItem", e)),
+        }
+    }
+}
+
+/// Whether a transaction was cancelled because a condition of one of its items failed.
+fn cancelled_by_condition<R>(error: &SdkError<TransactWriteItemsError, R>) -> bool {
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+            .cancellation_reasons()
+            .iter()
+            .any(|r| r.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
 async fn transact_in_chunks(
     client: &Client,
     actions: Vec<TransactWriteItem>,
@@ -1509,6 +1597,38 @@ mod tests {
             utterances: 3,
             last_seq: 9,
         }
+    }
+
+    /// Two workers fold the same log at their own pace into one read-model table.
+    #[tokio::test]
+    async fn a_slower_fold_never_overwrites_a_newer_row_or_moves_the_checkpoint_back() {
+        let (client, config) = moto_tables().await;
+        let fast = DynamoProjectionStore::new(client.clone(), &config.projections_table);
+        let slow = DynamoProjectionStore::new(client, &config.projections_table);
+        let started = Some(Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap());
+        let newer = ContactRow {
+            utterances: 5,
+            last_seq: 12,
+            ..row("c-1", started, true, Some(Label::Negative))
+        };
+        fast.save(std::slice::from_ref(&newer), 100).await.unwrap();
+        let older = ContactRow {
+            utterances: 2,
+            last_seq: 4,
+            ..row("c-1", started, false, None)
+        };
+        let other = row("c-2", started, false, None);
+        slow.save(&[older, other.clone()], 50).await.unwrap();
+        assert_eq!(fast.contact("c-1").await.unwrap(), Some(newer.clone()));
+        assert_eq!(
+            fast.contact("c-2").await.unwrap(),
+            Some(other),
+            "the rest is written"
+        );
+        assert_eq!(fast.checkpoint().await.unwrap(), 100);
+        // The same fold again (a catch-up re-reading its window) is written as before.
+        fast.save(std::slice::from_ref(&newer), 100).await.unwrap();
+        assert_eq!(slow.contact("c-1").await.unwrap(), Some(newer));
     }
 
     /// The audit queries over several days give what the in-memory store gives.
