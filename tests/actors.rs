@@ -14,7 +14,8 @@ use callpulse::actors::summaries::SummaryFolder;
 use callpulse::actors::{Parts, Pipeline, PipelineConfig};
 use callpulse::events::rules::EscalationRules;
 use callpulse::events::{
-    ChainHead, ContactEnded, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
+    ChainHead, ContactEnded, ContactStarted, EndReason, Event, Participant, StoredEvent,
+    UtteranceReceived,
 };
 use callpulse::ingest::record::parse;
 use callpulse::ingest::{Incoming, Ingested, Position, RejectLog};
@@ -740,4 +741,60 @@ async fn a_contact_whose_log_fails_verification_is_quarantined_once_and_its_reco
         loads + 1,
         "loaded once, not retried every second"
     );
+}
+
+#[actix_rt::test]
+async fn a_contact_restarted_while_its_utterance_is_being_judged_does_not_have_it_judged_twice() {
+    let model = Scripted::new(300, 0, 0);
+    let h = start(
+        model.clone(),
+        GatewayConfig {
+            max_coalesced: 1,
+            limits: ModelLimits {
+                concurrency: 4,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        PipelineConfig::default(),
+    );
+    h.send(segment("g", "s1", "Where is my parcel?")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // s1 is with the model now
+    h.append_elsewhere(
+        "g",
+        Event::ContactStarted(ContactStarted {
+            instance_id: Some("i-2".into()),
+            channel: None,
+            started_at: chrono::Utc::now(),
+            media_stream_arn: None,
+            start_fragment_number: None,
+            implicit: false,
+        }),
+    )
+    .await;
+    // The next append conflicts: the actor restarts from the log and asks for s1 again.
+    let conflicted = h
+        .pipeline
+        .router
+        .send(Route(segment("g", "s2", "Hello?")))
+        .await
+        .unwrap();
+    assert!(conflicted.is_err(), "{conflicted:?}");
+    h.send(segment("g", "s2", "Hello?")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = h.events("g").await;
+        if judged_ids(&events, "SentimentAssessed").len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not judged: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // a second call of s1 would end by now
+    assert_eq!(
+        model.sentiment_calls.load(Ordering::SeqCst),
+        2,
+        "s1 and s2 once each"
+    );
+    assert_eq!(count(&h.events("g").await, "SentimentAssessed"), 2);
 }

@@ -168,6 +168,23 @@ pub struct QueueDepth {
     pub running: usize,
 }
 
+/// What a model request is for, within its contact: the gateway holds each at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Work {
+    Sentiment(String),
+    Summary(u32),
+}
+
+impl SentimentJob {
+    /// The utterances it judges.
+    fn work(&self) -> Vec<Work> {
+        std::iter::once(&self.request.segment_id)
+            .chain(&self.coalesced)
+            .map(|s| Work::Sentiment(s.clone()))
+            .collect()
+    }
+}
+
 struct SentimentJob {
     request: JudgeUtterance,
     coalesced: Vec<String>,
@@ -400,6 +417,10 @@ pub struct ModelGateway {
     summaries: VecDeque<SummaryJob>,
     /// When the earliest pending wake-up fires.
     wake_at: Option<Instant>,
+    /// Where the outcome of each request queued or running goes. A contact actor that
+    /// restarts asks again for what it still awaits: the request is not queued twice (the
+    /// model is not called twice), only its answer is sent to the latest asker.
+    replies: HashMap<(String, Work), Recipient<ModelOutcome>>,
     cancel: CancellationToken,
 }
 
@@ -418,6 +439,7 @@ impl ModelGateway {
             sentiment: SentimentQueue::default(),
             summaries: VecDeque::new(),
             wake_at: None,
+            replies: HashMap::new(),
             cancel: CancellationToken::new(),
         }
     }
@@ -481,7 +503,7 @@ impl ModelGateway {
             // utterance is always judged, late if need be.
             if front.newest.elapsed() > deadline && (front.agent || front.superseded) {
                 let job = self.sentiment.pop_front_of(front.agent).expect("present");
-                skip(job, "deadline passed before a model slot was free");
+                self.skip(job, "deadline passed before a model slot was free");
                 continue;
             }
             let id = self.backends.sentiment_id.clone();
@@ -532,6 +554,54 @@ impl ModelGateway {
         }
     }
 
+    /// Whether `work` of `contact` is already queued or running; if so, its outcome now
+    /// goes to `reply`. Otherwise it is registered with `reply`.
+    fn already_held(&mut self, contact: &str, work: Work, reply: &Recipient<ModelOutcome>) -> bool {
+        match self.replies.entry((contact.to_string(), work)) {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                held.insert(reply.clone());
+                true
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(reply.clone());
+                false
+            }
+        }
+    }
+
+    /// Takes finished `work` of `contact` off the books: where its outcome goes.
+    fn settle(
+        &mut self,
+        contact: &str,
+        work: Vec<Work>,
+        fallback: &Recipient<ModelOutcome>,
+    ) -> Recipient<ModelOutcome> {
+        let mut reply = None;
+        for work in work {
+            if let Some(to) = self.replies.remove(&(contact.to_string(), work)) {
+                reply.get_or_insert(to);
+            }
+        }
+        reply.unwrap_or_else(|| fallback.clone())
+    }
+
+    /// Gives a sentiment job up and reports it as skipped.
+    fn skip(&mut self, job: SentimentJob, why: &str) {
+        metrics()
+            .model_calls
+            .with_label_values(&["sentiment", "-", "skipped"])
+            .inc();
+        let reply = self.settle(&job.request.contact_id, job.work(), &job.request.reply);
+        let mut segment_ids = job.coalesced;
+        segment_ids.push(job.request.segment_id.clone());
+        reply.do_send(ModelOutcome::Skipped(ModelCallSkipped {
+            task: ModelTask::Sentiment,
+            segment_ids,
+            why: why.to_string(),
+            stale_ms: job.enqueued.elapsed().as_millis() as u64,
+        }));
+    }
+
     fn start_sentiment(&mut self, mut job: SentimentJob, ctx: &mut Context<Self>) {
         let model = self.backends.sentiment.clone();
         let cancel = self.cancel.child_token();
@@ -547,7 +617,8 @@ impl ModelGateway {
                 Ok(s) => {
                     let latency_ms = job.enqueued.elapsed().as_millis() as u64;
                     let r = &job.request;
-                    r.reply.do_send(ModelOutcome::Judged(SentimentAssessed {
+                    let reply = act.settle(&r.contact_id, job.work(), &r.reply);
+                    reply.do_send(ModelOutcome::Judged(SentimentAssessed {
                         segment_id: r.segment_id.clone(),
                         coalesced: job.coalesced.clone(),
                         participant: r.participant,
@@ -560,13 +631,15 @@ impl ModelGateway {
                         cost_usd: s.cost_usd,
                     }));
                 }
-                Err(ModelError::Cancelled) => {}
+                Err(ModelError::Cancelled) => {
+                    act.settle(&job.request.contact_id, job.work(), &job.request.reply);
+                }
                 Err(e) if e.is_transient() && job.attempts < act.config.sentiment_attempts => {
                     tracing::warn!(contact = %job.request.contact_id, error = %e, "sentiment call failed; retrying");
                     let delay = act.backoff(job.attempts);
                     ctx.run_later(delay, move |act, ctx| act.requeue_sentiment(job, ctx));
                 }
-                Err(e) => skip(job, &format!("model failed: {e}")),
+                Err(e) => act.skip(job, &format!("model failed: {e}")),
             }
             act.pump(ctx);
         }));
@@ -588,11 +661,14 @@ impl ModelGateway {
             job.attempts += 1;
             record_call("summary", &id, &result.as_ref().map(|s| s.usage), took);
             let r = &job.request;
+            let work = vec![Work::Summary(r.version)];
             match result {
-                Ok(s) => r
-                    .reply
+                Ok(s) => act
+                    .settle(&r.contact_id, work, &r.reply)
                     .do_send(ModelOutcome::Summarised(summary_event(r.version, s))),
-                Err(ModelError::Cancelled) => {}
+                Err(ModelError::Cancelled) => {
+                    act.settle(&r.contact_id, work, &r.reply);
+                }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(contact = %r.contact_id, error = %e, attempts = job.attempts, "summary call failed; retrying");
                     let delay = act.backoff(job.attempts);
@@ -601,7 +677,7 @@ impl ModelGateway {
                         act.pump(ctx);
                     });
                 }
-                Err(e) => r.reply.do_send(ModelOutcome::SummaryFailed(SummaryFailed {
+                Err(e) => act.settle(&r.contact_id, work, &r.reply).do_send(ModelOutcome::SummaryFailed(SummaryFailed {
                     version: r.version,
                     model: id,
                     error: e.to_string(),
@@ -653,23 +729,6 @@ fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
-fn skip(job: SentimentJob, why: &str) {
-    metrics()
-        .model_calls
-        .with_label_values(&["sentiment", "-", "skipped"])
-        .inc();
-    let mut segment_ids = job.coalesced;
-    segment_ids.push(job.request.segment_id.clone());
-    job.request
-        .reply
-        .do_send(ModelOutcome::Skipped(ModelCallSkipped {
-            task: ModelTask::Sentiment,
-            segment_ids,
-            why: why.to_string(),
-            stale_ms: job.enqueued.elapsed().as_millis() as u64,
-        }));
-}
-
 impl Actor for ModelGateway {
     type Context = Context<Self>;
 
@@ -682,12 +741,16 @@ impl Handler<JudgeUtterance> for ModelGateway {
     type Result = ();
 
     fn handle(&mut self, request: JudgeUtterance, ctx: &mut Context<Self>) {
+        let work = Work::Sentiment(request.segment_id.clone());
+        if self.already_held(&request.contact_id, work, &request.reply) {
+            return;
+        }
         if let Some(oldest) = self.sentiment.push(
             request,
             self.config.max_coalesced.max(1),
             self.config.max_queued_sentiment,
         ) {
-            skip(oldest, "sentiment queue full (overload)");
+            self.skip(oldest, "sentiment queue full (overload)");
         }
         self.pump(ctx);
     }
@@ -697,6 +760,10 @@ impl Handler<WriteSummary> for ModelGateway {
     type Result = ();
 
     fn handle(&mut self, request: WriteSummary, ctx: &mut Context<Self>) {
+        let work = Work::Summary(request.version);
+        if self.already_held(&request.contact_id, work, &request.reply) {
+            return;
+        }
         self.summaries.push_back(SummaryJob {
             request,
             attempts: 0,
