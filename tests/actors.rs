@@ -769,6 +769,7 @@ async fn a_contact_restarted_while_its_utterance_is_being_judged_does_not_have_i
             media_stream_arn: None,
             start_fragment_number: None,
             implicit: false,
+            rules: None,
         }),
     )
     .await;

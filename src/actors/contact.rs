@@ -411,6 +411,7 @@ fn command_for(record: Record) -> Command {
             media_stream_arn,
             start_fragment_number,
             implicit: false,
+            rules: None,
         }),
         Record::Segment(s) => Command::Utterance {
             utterance: UtteranceReceived {

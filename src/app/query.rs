@@ -382,6 +382,7 @@ pub(crate) mod tests {
                 media_stream_arn: None,
                 start_fragment_number: None,
                 implicit: false,
+                rules: None,
             }),
             start,
         );

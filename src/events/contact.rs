@@ -184,12 +184,16 @@ impl Contact {
         let unexpected = |what| Err(Refusal::Unexpected(what, self.id.clone()));
         Ok(match command {
             Command::Start(started) => match &self.start {
-                None => vec![Event::ContactStarted(started)],
+                None => vec![Event::ContactStarted(ContactStarted {
+                    rules: Some(self.rules.as_ref().clone()),
+                    ..started
+                })],
                 // A STARTED after the first segment: merged in (instance, channel, media
                 // stream), keeping the earlier start time.
                 Some(opened) if opened.implicit => vec![Event::ContactStarted(ContactStarted {
                     started_at: opened.started_at.min(started.started_at),
                     implicit: false,
+                    rules: opened.rules.clone(),
                     ..started
                 })],
                 Some(_) => vec![],
@@ -259,6 +263,7 @@ impl Contact {
                 media_stream_arn: None,
                 start_fragment_number: None,
                 implicit: true,
+                rules: Some(self.rules.as_ref().clone()),
             }));
         }
         events.push(event);
@@ -293,6 +298,10 @@ impl Contact {
         }
         match event {
             Event::ContactStarted(started) => {
+                // The rules the call began under, for the rest of its fold.
+                if let (None, Some(rules)) = (&self.start, &started.rules) {
+                    self.rules = Arc::new(rules.clone());
+                }
                 self.started = true;
                 self.start = Some(started.clone());
             }

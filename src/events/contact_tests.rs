@@ -77,6 +77,7 @@ fn started(at: DateTime<Utc>, instance: &str) -> Command {
         media_stream_arn: Some("arn:aws:kinesisvideo:eu-west-2:1:stream/s/1".into()),
         start_fragment_number: Some("9134385233318150666908441974883000111".into()),
         implicit: false,
+        rules: None,
     })
 }
 
@@ -413,4 +414,47 @@ fn a_batch_released_at_once_folds_back_to_the_same_mood() {
     let reloaded = Contact::load("c", rules(), &log).unwrap();
     assert_eq!(reloaded.mood, c.mood);
     assert!(reloaded.mood.escalated);
+}
+
+#[test]
+fn a_contact_is_folded_by_the_rules_it_began_under_whatever_the_config_says_later() {
+    let mut c = Contact::new("c", rules());
+    let mut log = Vec::new();
+    let mut head = ChainHead::default();
+    let mut record = |c: &mut Contact, command| {
+        let events = c.decide(command, Utc::now()).unwrap();
+        for event in &events {
+            let stored = head.seal("c", Some("src"), event, Utc::now());
+            c.apply(&stored, event);
+            log.push(stored);
+        }
+        kinds(&events)
+    };
+    record(&mut c, said("s1", Participant::Customer, "late again"));
+    record(&mut c, judged("s1", Participant::Customer, NEG));
+    record(&mut c, said("a1", Participant::Agent, "let me see"));
+    // Today's config: one NEGATIVE escalates, and agents are not judged at all.
+    let stricter = Arc::new(EscalationRules {
+        window: 1,
+        negatives: 1,
+        judge_agent: false,
+        ..EscalationRules::default()
+    });
+    let reloaded = Contact::load("c", stricter, &log).unwrap();
+    assert_eq!(reloaded.mood, c.mood, "the past is what it was");
+    assert_eq!(
+        reloaded.due(),
+        c.due(),
+        "the agent turn is still owed a judgement"
+    );
+    assert!(!reloaded.mood.escalated);
+    // What comes next is ruled by the rules the call began under: 2 of 3.
+    let mut reloaded = reloaded;
+    let next = |c: &mut Contact| {
+        let events = c
+            .decide(judged("a1", Participant::Agent, CALM), Utc::now())
+            .unwrap();
+        kinds(&events)
+    };
+    assert_eq!(next(&mut reloaded), next(&mut c));
 }

@@ -60,6 +60,11 @@ pub struct ContactStarted {
     /// True when no STARTED record came and the first segment opened the contact.
     #[serde(default)]
     pub implicit: bool,
+    /// The escalation rules in force when the call began: the contact is folded by these,
+    /// whatever the config says later (absent in logs written before they were recorded:
+    /// then the current config applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<crate::events::rules::EscalationRules>,
 }
 
 /// A final transcript segment.

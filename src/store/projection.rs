@@ -190,6 +190,7 @@ mod tests {
                 media_stream_arn: None,
                 start_fragment_number: None,
                 implicit: false,
+                rules: None,
             }),
             utterance,
             Event::SentimentChanged(SentimentChanged {
