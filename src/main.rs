@@ -333,6 +333,26 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The fault-injection harness: `run` on a mixed stream of calls, SIGKILLed at random
+    /// points again and again, then checked against a run nobody killed (exit status 1 if
+    /// an invariant broke).
+    Faults {
+        /// Calls in the stream (every other one angry).
+        #[arg(long, default_value_t = 40)]
+        calls: usize,
+        /// Utterances per call, customer and agent in turn.
+        #[arg(long, default_value_t = 8)]
+        utterances: usize,
+        /// SIGKILLs before the run that is let finish.
+        #[arg(long, default_value_t = 50)]
+        kills: usize,
+        /// Longest a killed run lives, ms.
+        #[arg(long, default_value_t = 1500)]
+        max_life_ms: u64,
+        /// Seed of the kill times.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -696,6 +716,30 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 println!("{}", serde_json::to_string_pretty(&result)?);
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Faults {
+                    calls,
+                    utterances,
+                    kills,
+                    max_life_ms,
+                    seed,
+                },
+        } => {
+            let options = callpulse::app::faults::FaultOptions {
+                calls,
+                utterances,
+                kills,
+                max_life_ms,
+                seed,
+            };
+            let exe = std::env::current_exe().context("finding the callpulse binary")?;
+            let report = callpulse::app::faults::run(&exe, &options).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.is_clean() {
+                std::process::exit(1);
             }
         }
         Command::Bench {

@@ -655,3 +655,39 @@ fn a_sample_call_through_the_real_local_model_escalates_and_is_summarised() {
         );
     }
 }
+
+#[test]
+fn the_fault_harness_kills_the_worker_again_and_again_and_finds_nothing_lost_or_doubled() {
+    let ws = Workspace::stand_in(0);
+    let out = ws
+        .command(&[
+            "bench",
+            "faults",
+            "--calls",
+            "6",
+            "--kills",
+            "6",
+            "--max-life-ms",
+            "700",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(report["kills"], 6, "{report:#}");
+    assert_eq!(report["records"], 60);
+    for invariant in [
+        "utterances_lost",
+        "utterances_duplicated",
+        "judged_twice",
+        "never_judged",
+        "escalations_differing",
+        "attribute_updates_duplicated",
+        "attribute_updates_missing",
+        "summaries_not_once",
+        "summaries_unsaved",
+    ] {
+        assert_eq!(report[invariant], 0, "{invariant}: {report:#}");
+    }
+}

@@ -1,6 +1,7 @@
 //! What the commands share: the data directory, and building a pipeline's parts (stores,
 //! models, sinks) from config.
 
+pub mod faults;
 pub mod fleet;
 pub mod query;
 pub mod replay;
