@@ -226,15 +226,19 @@ impl Harness {
     /// Appends `event` to `contact`'s log behind the pipeline's back, as another worker
     /// would.
     async fn append_elsewhere(&self, contact: &str, event: Event) {
+        let foreign = self.sealed_elsewhere(contact, &event).await;
+        self.store.append(&[foreign]).await.unwrap();
+    }
+
+    /// `event` sealed as the next event of `contact`'s log, not yet appended.
+    async fn sealed_elsewhere(&self, contact: &str, event: &Event) -> StoredEvent {
         let log: Vec<StoredEvent> = self.store.read(contact, SeqRange::all()).await.unwrap();
         let last = log.last().unwrap();
         let mut head = ChainHead {
             seq: last.seq,
             hash: last.hash.clone(),
         };
-        let now = chrono::Utc::now();
-        let foreign = head.seal(contact, Some("elsewhere"), &event, now);
-        self.store.append(&[foreign]).await.unwrap();
+        head.seal(contact, Some("elsewhere"), event, chrono::Utc::now())
     }
 
     /// Waits until `contact`'s log has an event of `kind` (or fails after 10 s).
@@ -699,17 +703,11 @@ async fn a_contact_whose_log_fails_verification_is_quarantined_once_and_its_reco
     h.send(segment("p", "s1", "Hello")).await;
     h.wait_for("p", "SentimentAssessed").await;
     // Another writer appends an event whose hash does not match its content.
-    let log: Vec<StoredEvent> = h.store.read("p", SeqRange::all()).await.unwrap();
-    let last = log.last().unwrap();
-    let mut head = ChainHead {
-        seq: last.seq,
-        hash: last.hash.clone(),
-    };
     let ended = Event::ContactEnded(ContactEnded {
         ended_at: chrono::Utc::now(),
         reason: EndReason::Ended,
     });
-    let mut forged = head.seal("p", Some("forged"), &ended, chrono::Utc::now());
+    let mut forged = h.sealed_elsewhere("p", &ended).await;
     forged.payload.push(' ');
     h.store.append(&[forged]).await.unwrap();
     let loads = h.counting.reads.load(Ordering::SeqCst);

@@ -53,6 +53,20 @@ impl Workspace {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs callpulse expecting it to fail; gives its standard output.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(!out.status.success(), "callpulse {args:?} succeeded");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `sql` on the data directory's SQLite file behind callpulse's back; gives how
+    /// many rows it changed.
+    fn tamper(&self, sql: &str) -> usize {
+        let db = rusqlite::Connection::open(self.path("data/callpulse.db")).unwrap();
+        db.execute(sql, []).unwrap()
+    }
+
     fn write_input(&self, name: &str, lines: &[String]) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -343,20 +357,13 @@ fn verify_passes_a_clean_log_and_catches_a_modified_row() {
     ws.run(&input);
     ws.ok(&["verify"]);
 
-    let db = rusqlite::Connection::open(ws.path("data/callpulse.db")).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE events SET payload = replace(payload, 'worst', 'best') \
-             WHERE contact_id = 'angry' AND kind = 'UtteranceReceived' AND payload LIKE '%worst%'",
-            [],
-        )
-        .unwrap();
+    let changed = ws.tamper(
+        "UPDATE events SET payload = replace(payload, 'worst', 'best') \
+         WHERE contact_id = 'angry' AND kind = 'UtteranceReceived' AND payload LIKE '%worst%'",
+    );
     assert_eq!(changed, 1);
-    drop(db);
 
-    let out = ws.command(&["verify"]).output().unwrap();
-    assert!(!out.status.success());
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = ws.fails(&["verify"]);
     assert!(report.contains("angry"), "{report}");
     let out = ws.command(&["verify", "calm"]).output().unwrap();
     assert!(out.status.success(), "other contacts still verify");
@@ -373,20 +380,13 @@ fn verify_catches_events_deleted_from_a_contacts_end_against_the_anchor() {
         "{out}"
     );
 
-    let db = rusqlite::Connection::open(ws.path("data/callpulse.db")).unwrap();
-    let deleted = db
-        .execute(
-            "DELETE FROM events WHERE contact_id = 'angry' \
-             AND seq = (SELECT max(seq) FROM events WHERE contact_id = 'angry')",
-            [],
-        )
-        .unwrap();
+    let deleted = ws.tamper(
+        "DELETE FROM events WHERE contact_id = 'angry' \
+         AND seq = (SELECT max(seq) FROM events WHERE contact_id = 'angry')",
+    );
     assert_eq!(deleted, 1);
-    drop(db);
 
-    let out = ws.command(&["verify"]).output().unwrap();
-    assert!(!out.status.success());
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = ws.fails(&["verify"]);
     assert!(report.contains("angry#"), "{report}");
     assert!(report.contains("deleted from its end"), "{report}");
     // Without the anchor, the chain alone cannot tell.

@@ -255,10 +255,8 @@ impl AttributeDispatcher {
                     let delay = backoff(act.config.retry_base_ms, RETRY_CAP_MS, pending.attempts);
                     // Still the contact's update in flight: newer ones merge into it.
                     ctx.run_later(delay, move |act, ctx| {
-                        act.sending.remove(&contact);
                         act.enqueue_pending(contact.clone(), pending);
-                        act.order.push_back(contact);
-                        act.pump(ctx);
+                        act.settled(contact, ctx);
                     });
                     return;
                 }
@@ -277,12 +275,17 @@ impl AttributeDispatcher {
                     }
                 }
             }
-            act.sending.remove(&contact);
-            if act.pending.contains_key(&contact) {
-                act.order.push_back(contact);
-            }
-            act.pump(ctx);
+            act.settled(contact, ctx);
         }));
+    }
+
+    /// The contact's update is out of the way: its next one, if any, may go.
+    fn settled(&mut self, contact: String, ctx: &mut Context<Self>) {
+        self.sending.remove(&contact);
+        if self.pending.contains_key(&contact) {
+            self.order.push_back(contact);
+        }
+        self.pump(ctx);
     }
 
     /// Queues a contact's updates, merging them into any still waiting (the debounce).

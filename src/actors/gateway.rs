@@ -467,10 +467,10 @@ impl ModelGateway {
             .front()
             .is_some_and(|job| job.enqueued.elapsed() >= max_defer);
         if overdue {
-            self.pump_summaries(true, &mut wait, ctx);
+            self.pump_summaries(&mut wait, ctx);
         }
         self.pump_sentiment(&mut wait, ctx);
-        self.pump_summaries(false, &mut wait, ctx);
+        self.pump_summaries(&mut wait, ctx);
         let depth = &metrics().queue_depth;
         depth
             .with_label_values(&["sentiment"])
@@ -521,13 +521,8 @@ impl ModelGateway {
     }
 
     /// Starts the summary calls the limits allow; while sentiment waits for the same model,
-    /// only `overdue` ones (put off for `summary_max_defer_ms`).
-    fn pump_summaries(
-        &mut self,
-        overdue: bool,
-        wait: &mut Option<Duration>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// only those put off for `summary_max_defer_ms`.
+    fn pump_summaries(&mut self, wait: &mut Option<Duration>, ctx: &mut Context<Self>) {
         let max_defer = Duration::from_millis(self.config.summary_max_defer_ms);
         while let Some(job) = self.summaries.front() {
             let id = self.backends.summary_id.clone();
@@ -535,9 +530,6 @@ impl ModelGateway {
             if self.sentiment.len() > 0 && id == self.backends.sentiment_id && deferred < max_defer
             {
                 *wait = earliest(*wait, Some(max_defer - deferred));
-                break;
-            }
-            if overdue && deferred < max_defer {
                 break;
             }
             let tokens = estimate_tokens(job.request.turns.iter().map(|t| t.text.len()).sum());
@@ -554,19 +546,12 @@ impl ModelGateway {
         }
     }
 
-    /// Whether `work` of `contact` is already queued or running; if so, its outcome now
-    /// goes to `reply`. Otherwise it is registered with `reply`.
+    /// Whether `work` of `contact` is already queued or running; either way its outcome
+    /// goes to `reply` from now on.
     fn already_held(&mut self, contact: &str, work: Work, reply: &Recipient<ModelOutcome>) -> bool {
-        match self.replies.entry((contact.to_string(), work)) {
-            std::collections::hash_map::Entry::Occupied(mut held) => {
-                held.insert(reply.clone());
-                true
-            }
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(reply.clone());
-                false
-            }
-        }
+        self.replies
+            .insert((contact.to_string(), work), reply.clone())
+            .is_some()
     }
 
     /// Takes finished `work` of `contact` off the books: where its outcome goes.

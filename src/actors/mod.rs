@@ -183,8 +183,7 @@ impl Pipeline {
             .contacts(&ContactFilter::default())
             .await?
             .into_iter()
-            .filter(|c| c.ended_at.is_none() || (c.summary_version == 0 && c.utterances > 0))
-            .filter(|c| selects(&c.contact_id))
+            .filter(|c| c.owes_work() && selects(&c.contact_id))
             .map(|c| c.contact_id)
             .collect();
         let n = unfinished.len();

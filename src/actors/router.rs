@@ -71,6 +71,13 @@ impl ContactRouter {
         }
     }
 
+    /// Stops a contact's actor for good; anything that arrives for it later reloads it.
+    fn forget(&mut self, id: &str) {
+        if let Some(addr) = self.contacts.remove(id) {
+            addr.do_send(Stop);
+        }
+    }
+
     fn contact(&mut self, id: &str) -> Addr<ContactActor> {
         if let Some(addr) = self.contacts.get(id)
             && addr.connected()
@@ -138,9 +145,7 @@ impl Handler<Passivate> for ContactRouter {
     type Result = ();
 
     fn handle(&mut self, msg: Passivate, _: &mut Context<Self>) {
-        if let Some(addr) = self.contacts.remove(&msg.contact_id) {
-            addr.do_send(Stop);
-        }
+        self.forget(&msg.contact_id);
     }
 }
 
@@ -165,9 +170,7 @@ impl Handler<Release> for ContactRouter {
             .cloned()
             .collect();
         for id in &released {
-            if let Some(addr) = self.contacts.remove(id) {
-                addr.do_send(Stop);
-            }
+            self.forget(id);
         }
         released.len()
     }

@@ -7,7 +7,7 @@
 //! generated and saved once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::DataDir;
+use crate::actors::summaries::{SummaryFolder, SummarySink};
 use crate::events::Event;
 use crate::store::{EventStore, SeqRange};
 
@@ -254,6 +255,7 @@ async fn compare(
     let (killed_store, _) = killed.stores()?;
     let (calm_store, _) = calm.stores()?;
     let updates = sink_updates(killed)?;
+    let folder = SummaryFolder::new(killed.summaries());
     let mut report = FaultReport {
         records: lines.len(),
         ..FaultReport::default()
@@ -275,18 +277,11 @@ async fn compare(
         report.attribute_updates_duplicated += received.saturating_sub(log.attribute_sets);
         report.attribute_updates_missing += log.attribute_sets.saturating_sub(received);
         report.summaries_not_once += usize::from(log.summaries != [1]);
-        report.summaries_unsaved += log
-            .summaries
-            .iter()
-            .filter(|v| !summary_saved(killed, contact, **v))
-            .count();
+        for version in &log.summaries {
+            report.summaries_unsaved += usize::from(!folder.has(contact, *version).await);
+        }
     }
     Ok(report)
-}
-
-fn summary_saved(data: &DataDir, contact: &str, version: u32) -> bool {
-    let folder: PathBuf = data.summaries().join(contact);
-    folder.join(format!("v{version}.json")).exists()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::query::Format;
 use crate::ingest::kinesis::KinesisSource;
-use crate::store::{ContactFilter, ProjectionStore};
+use crate::store::{ContactFilter, ContactRow, ProjectionStore};
 
 /// One shard as `fleet status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,7 +39,7 @@ pub async fn status(
         .contacts(&ContactFilter::default())
         .await?
         .into_iter()
-        .filter(|c| c.ended_at.is_none() || (c.summary_version == 0 && c.utterances > 0))
+        .filter(ContactRow::owes_work)
         .map(|c| c.contact_id)
         .collect();
     Ok(source

@@ -73,12 +73,10 @@ pub async fn verify(
     anchor: Option<&HashMap<String, SealedHead>>,
 ) -> anyhow::Result<VerifyReport> {
     let mut chains = Chains {
-        anchored: anchor.cloned().unwrap_or_default(),
+        anchored: anchor,
+        only: contact,
         ..Chains::default()
     };
-    if let Some(contact_id) = contact {
-        chains.anchored.retain(|id, _| id == contact_id);
-    }
     match contact {
         Some(contact_id) => {
             let mut from = 1;
@@ -98,7 +96,7 @@ pub async fn verify(
                 page.iter().for_each(|event| chains.check(event));
             }
             let Some(head) = chains.heads.get(contact_id) else {
-                if let Some((seq, _)) = chains.anchored.get(contact_id) {
+                if let Some((seq, _)) = chains.sealed(contact_id) {
                     bail!(
                         "no events for contact {contact_id}, but the anchor has its #{seq}: its log was deleted"
                     );
@@ -138,22 +136,35 @@ pub async fn verify(
 
 /// The chain head of every contact seen so far, and what was found.
 #[derive(Default)]
-struct Chains {
+struct Chains<'a> {
     heads: HashMap<String, ChainHead>,
     report: VerifyReport,
-    /// The sealed heads to find.
-    anchored: HashMap<String, SealedHead>,
+    /// The sealed heads to find ...
+    anchored: Option<&'a HashMap<String, SealedHead>>,
+    /// ... of this contact only, when given.
+    only: Option<&'a str>,
     /// The contacts whose sealed head was found as sealed.
     matched: HashSet<String>,
 }
 
-impl Chains {
+impl<'a> Chains<'a> {
+    /// The head the anchor sealed for `contact_id`, if it is one of those checked.
+    fn sealed(&self, contact_id: &str) -> Option<&'a SealedHead> {
+        let anchored = self.anchored?;
+        if self.only.is_some_and(|only| only != contact_id) {
+            return None;
+        }
+        anchored.get(contact_id)
+    }
+
     /// Reports every sealed head not found in the log: events deleted from the contact's
     /// end, or the whole contact deleted.
     fn unmatched_anchors(&mut self) {
         let mut missing: Vec<_> = self
             .anchored
-            .iter()
+            .into_iter()
+            .flatten()
+            .filter(|(id, _)| self.only.is_none_or(|only| only == id.as_str()))
             .filter(|(id, _)| !self.matched.contains(*id))
             .collect();
         missing.sort();
@@ -194,7 +205,7 @@ impl Chains {
                 e.kind, e.version, e.reason
             )
         });
-        let unlike_anchor = match self.anchored.get(&event.contact_id) {
+        let unlike_anchor = match self.sealed(&event.contact_id) {
             Some((seq, hash)) if *seq == event.seq => {
                 self.matched.insert(event.contact_id.clone());
                 (hash != &event.hash).then(|| {

@@ -18,7 +18,6 @@
 //! then keyed `h-<key>-<n>`, the n-th of the body, and identical utterances sent under
 //! different keys are all kept.
 
-use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 
 use actix_web::dev::Server;
@@ -181,29 +180,26 @@ async fn post_records(
     drop(acks);
     // Every record's ack is settled once, or dropped unsettled if the pipeline stops.
     let mut settled = 0;
-    let mut refused = BTreeMap::new();
     while let Some((line, fate)) = fates.recv().await {
         settled += 1;
-        match fate {
-            Fate::Appended => reply.appended += 1,
-            Fate::Duplicate => reply.duplicates += 1,
-            Fate::Refused(reason) => {
-                refused.insert(line, (reason, false));
+        let (reason, retry) = match fate {
+            Fate::Appended => {
+                reply.appended += 1;
+                continue;
             }
-            Fate::Undeliverable(reason) => {
-                refused.insert(line, (reason, true));
+            Fate::Duplicate => {
+                reply.duplicates += 1;
+                continue;
             }
-        }
+            Fate::Refused(reason) => (reason, false),
+            Fate::Undeliverable(reason) => (reason, true),
+        };
+        reply.rejected.push(LineRejection {
+            line,
+            reason,
+            retry,
+        });
     }
-    reply.rejected.extend(
-        refused
-            .into_iter()
-            .map(|(line, (reason, retry))| LineRejection {
-                line,
-                reason,
-                retry,
-            }),
-    );
     reply.rejected.sort_by_key(|r| r.line);
     let status = if settled < reply.accepted || reply.rejected.iter().any(|r| r.retry) {
         StatusCode::SERVICE_UNAVAILABLE

@@ -93,11 +93,6 @@ impl InitialPosition {
     }
 }
 
-/// The shard id of a lease key (`<stream>/<shard id>`).
-fn shard_of(key: &str) -> &str {
-    key.rsplit_once('/').map_or(key, |(_, shard)| shard)
-}
-
 /// How a shard reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReaderEnd {
@@ -111,6 +106,7 @@ enum ReaderEnd {
 
 /// A lease this worker holds.
 struct Held {
+    shard_id: String,
     token: String,
     cancel: CancellationToken,
     renewed: Instant,
@@ -221,15 +217,13 @@ impl KinesisSource {
                     stats += read;
                     // A reader can end on `stop` before this loop sees it: whatever
                     // ended it, a lease still held is given back (a lost one refuses).
-                    let lease = held.remove(&key);
-                    if let Some(lease) = &lease
-                        && end != ReaderEnd::Lost
-                    {
+                    let Some(lease) = held.remove(&key) else { continue };
+                    if end != ReaderEnd::Lost {
                         self.give_back(&key, &lease.token).await;
                     }
-                    let moved = end == ReaderEnd::Lost || lease.is_some_and(|l| l.lost);
+                    let moved = end == ReaderEnd::Lost || lease.lost;
                     if (moved || end == ReaderEnd::ShardEnd)
-                        && let Some(shard) = shards.get(shard_of(&key)).cloned()
+                        && let Some(shard) = shards.get(&lease.shard_id).cloned()
                     {
                         let stopped = router
                             .send(Release(Box::new(move |id| shard.holds(id))))
@@ -264,6 +258,7 @@ impl KinesisSource {
                         let token = lease.token.clone().expect("a taken lease has a token");
                         let cancel = stop.child_token();
                         held.insert(lease.key.clone(), Held {
+                            shard_id: lease.shard_id.clone(),
                             token,
                             cancel: cancel.clone(),
                             renewed: Instant::now(),
@@ -657,6 +652,67 @@ mod tests {
         last
     }
 
+    /// A lease table of this test's own on moto, for `stream`: a client, the table's name,
+    /// and the table.
+    async fn lease_table(stream: &str) -> (aws_sdk_dynamodb::Client, String, LeaseTable) {
+        let dynamo = aws_sdk_dynamodb::Client::new(&moto::config().await);
+        let name = moto::unique_name("leases");
+        LeaseTable::create(&dynamo, &name).await.unwrap();
+        let leases = LeaseTable::new(dynamo.clone(), &name, stream);
+        (dynamo, name, leases)
+    }
+
+    /// The config of `run --kinesis` as `worker`, everything on moto, with the instant
+    /// stand-in model.
+    fn worker_config(stream: &str, lease_table: &str, worker: &str, lease_ms: u64) -> Config {
+        let moto_endpoint = AwsEndpoint {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(moto::endpoint().to_string()),
+        };
+        let mut config = Config::load(None).unwrap();
+        config.models.backend = Backend::StandIn;
+        config.models.stand_in_latency_ms = 0;
+        config.kinesis = Some(KinesisConfig {
+            stream: stream.into(),
+            lease_table: lease_table.into(),
+            worker_id: worker.into(),
+            lease_duration_ms: lease_ms,
+            idle_poll_ms: 20,
+            endpoint: moto_endpoint.clone(),
+            lease_endpoint: moto_endpoint,
+            ..KinesisConfig::default()
+        });
+        config
+    }
+
+    /// A source on `stream` that no worker runs (to look at the stream), and its shards,
+    /// each with its lease added.
+    async fn leased_shards(
+        kinesis: &aws_sdk_kinesis::Client,
+        dynamo: &aws_sdk_dynamodb::Client,
+        stream: &str,
+        lease_table: &str,
+        leases: &LeaseTable,
+    ) -> (KinesisSource, Vec<ShardInfo>) {
+        let config = KinesisConfig {
+            stream: stream.into(),
+            lease_table: lease_table.into(),
+            ..KinesisConfig::default()
+        };
+        let source = KinesisSource::with_clients(&config, kinesis.clone(), dynamo.clone()).unwrap();
+        let shards = source.shards().await.unwrap();
+        leases.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        (source, shards)
+    }
+
+    /// The first contact id `c-<n>` whose records land on `shard`.
+    fn contact_on(shard: &ShardInfo) -> String {
+        (0..)
+            .map(|n| format!("c-{n}"))
+            .find(|id| shard.holds(id))
+            .unwrap()
+    }
+
     /// Whether every shard's checkpoint has reached the sequence number in `last`.
     fn reached(last: &BTreeMap<String, String>) -> impl Fn(&[Lease]) -> bool + '_ {
         move |table| {
@@ -719,28 +775,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_stream_is_read_into_the_log_once_and_resumed_from_its_checkpoints() {
         let (kinesis, name) = stream(2).await;
-        let sdk = moto::config().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let lease_table = moto::unique_name("leases");
-        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
-        let leases = LeaseTable::new(dynamo, &lease_table, &name);
-        let moto_endpoint = AwsEndpoint {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some(moto::endpoint().to_string()),
-        };
-        let mut config = Config::load(None).unwrap();
-        config.models.backend = Backend::StandIn;
-        config.models.stand_in_latency_ms = 0;
-        config.kinesis = Some(KinesisConfig {
-            stream: name.clone(),
-            lease_table,
-            worker_id: "worker-1".into(),
-            lease_duration_ms: 3_000,
-            idle_poll_ms: 20,
-            endpoint: moto_endpoint.clone(),
-            lease_endpoint: moto_endpoint,
-            ..KinesisConfig::default()
-        });
+        let (_, lease_table, leases) = lease_table(&name).await;
+        let config = worker_config(&name, &lease_table, "worker-1", 3_000);
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
 
@@ -800,23 +836,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_worker_resumes_the_unfinished_contacts_of_the_shards_it_takes_and_no_others() {
         let (kinesis, name) = stream(2).await;
-        let sdk = moto::config().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let lease_table = moto::unique_name("leases");
-        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
-        let leases = LeaseTable::new(dynamo, &lease_table, &name);
-        let source = KinesisSource::with_clients(
-            &KinesisConfig {
-                stream: name.clone(),
-                lease_table: lease_table.clone(),
-                ..KinesisConfig::default()
-            },
-            kinesis.clone(),
-            aws_sdk_dynamodb::Client::new(&sdk),
-        )
-        .unwrap();
-        let shards = source.shards().await.unwrap();
-        leases.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        let (dynamo, lease_table, leases) = lease_table(&name).await;
+        let (_, shards) = leased_shards(&kinesis, &dynamo, &name, &lease_table, &leases).await;
         // A live worker holds the second shard; this one will take the first.
         let theirs = &shards[1];
         let key = format!("{name}/{}", theirs.shard_id);
@@ -826,12 +847,6 @@ mod tests {
             .unwrap()
             .unwrap();
         // One call per shard that ended before its summary was written (a worker died).
-        let contact_on = |shard: &ShardInfo| {
-            (0..)
-                .map(|n| format!("c-{n}"))
-                .find(|id| shard.holds(id))
-                .unwrap()
-        };
         let (mine, other) = (contact_on(&shards[0]), contact_on(theirs));
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
@@ -851,23 +866,7 @@ mod tests {
             events.append(&log).await.unwrap();
         }
 
-        let moto_endpoint = AwsEndpoint {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some(moto::endpoint().to_string()),
-        };
-        let mut config = Config::load(None).unwrap();
-        config.models.backend = Backend::StandIn;
-        config.models.stand_in_latency_ms = 0;
-        config.kinesis = Some(KinesisConfig {
-            stream: name.clone(),
-            lease_table,
-            worker_id: "me".into(),
-            lease_duration_ms: 60_000,
-            idle_poll_ms: 20,
-            endpoint: moto_endpoint.clone(),
-            lease_endpoint: moto_endpoint,
-            ..KinesisConfig::default()
-        });
+        let config = worker_config(&name, &lease_table, "me", 60_000);
         let stop = CancellationToken::new();
         let inputs = Inputs {
             kinesis: true,
@@ -904,29 +903,11 @@ mod tests {
     #[actix_rt::test]
     async fn fleet_status_shows_owners_checkpoints_lag_and_unfinished_contacts_per_worker() {
         let (kinesis, name) = stream(2).await;
-        let sdk = moto::config().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let lease_table = moto::unique_name("leases");
-        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
-        let leases = LeaseTable::new(dynamo.clone(), &lease_table, &name);
-        let source = KinesisSource::with_clients(
-            &KinesisConfig {
-                stream: name.clone(),
-                lease_table,
-                ..KinesisConfig::default()
-            },
-            kinesis.clone(),
-            dynamo,
-        )
-        .unwrap();
-        let shards = source.shards().await.unwrap();
-        leases.add_missing(&shards, TRIM_HORIZON).await.unwrap();
+        let (dynamo, lease_table, leases) = lease_table(&name).await;
+        let (source, shards) = leased_shards(&kinesis, &dynamo, &name, &lease_table, &leases).await;
         let key = format!("{name}/{}", shards[0].shard_id);
         leases.take(&key, 0, "w-1", "t").await.unwrap().unwrap();
-        let open = (0..)
-            .map(|n| format!("c-{n}"))
-            .find(|id| shards[0].holds(id))
-            .unwrap();
+        let open = contact_on(&shards[0]);
         put(&kinesis, &name, &call(&open), None).await;
         let events = crate::store::memory::MemoryEventStore::new();
         let log = crate::app::query::tests::call_log(
@@ -990,11 +971,7 @@ mod tests {
     #[actix_rt::test]
     async fn two_workers_share_a_stream_and_hand_shards_over_while_reading() {
         let (kinesis, name) = stream(4).await;
-        let sdk = moto::config().await;
-        let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-        let lease_table = moto::unique_name("leases");
-        LeaseTable::create(&dynamo, &lease_table).await.unwrap();
-        let leases = LeaseTable::new(dynamo.clone(), &lease_table, &name);
+        let (dynamo, lease_table, leases) = lease_table(&name).await;
         let mut config = Config::load(None).unwrap();
         config.models.backend = Backend::StandIn;
         config.models.stand_in_latency_ms = 0;

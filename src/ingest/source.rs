@@ -187,18 +187,18 @@ impl Decoder for LineCodec {
 pub(super) struct LineReader {
     source: String,
     label: &'static str,
-    /// Per contact, how often each content key was seen so far.
+    /// Per contact, how often each content digest was seen so far.
     minimal: HashMap<String, HashMap<String, u64>>,
     /// While reading one positioned unit (a Kinesis record, an HTTP body with an
     /// `Idempotency-Key`): the key's prefix and the id-less segments numbered so far.
     anchor: Option<(String, u64)>,
 }
 
-/// The content key of an id-less segment: `m-` and 16 hex digits of the SHA-256 of its
-/// contact, speaker, text and offsets, then `-<n>` for its n-th occurrence in the input.
-/// Re-reading a file, or resending an HTTP body, gives the same keys; two inputs with
-/// different utterances never share one.
-fn content_key(segment: &Segment, occurrence: u64) -> String {
+/// What the content key of an id-less segment is made from: 16 hex digits of the SHA-256 of
+/// its contact, speaker, text and offsets. The key is `m-<digest>-<n>` for its n-th
+/// occurrence in the input, so re-reading a file, or resending an HTTP body, gives the same
+/// keys, and two inputs with different utterances never share one.
+fn content_digest(segment: &Segment) -> String {
     let offset = |o: Option<u64>| o.map(|o| o.to_string()).unwrap_or_default();
     let (begin, end) = (
         offset(segment.begin_offset_millis),
@@ -211,7 +211,7 @@ fn content_key(segment: &Segment, occurrence: u64) -> String {
         begin.as_bytes(),
         end.as_bytes(),
     ]);
-    format!("m-{}-{occurrence}", &digest[..16])
+    digest[..16].to_string()
 }
 
 impl LineReader {
@@ -340,15 +340,15 @@ impl LineReader {
                             format!("{prefix}-{n}")
                         }
                         None => {
-                            let first = content_key(s, 1);
+                            let digest = content_digest(s);
                             let n = self
                                 .minimal
                                 .entry(s.contact_id.clone())
                                 .or_default()
-                                .entry(first.clone())
+                                .entry(digest.clone())
                                 .or_default();
                             *n += 1;
-                            if *n == 1 { first } else { content_key(s, *n) }
+                            format!("m-{digest}-{n}")
                         }
                     };
                     s.segment_id = Some(id.clone());
@@ -542,6 +542,11 @@ mod tests {
         line(br#"{"contactId":"c-1","transcript":"third","isPartial":false}"#); // 15
         input.extend_from_slice(br#"{"type":"ENDED","contactId":"c-1"}"#); // 16, no final newline
         input
+    }
+
+    /// The key the reader gives the `occurrence`-th id-less `segment` of an input.
+    fn content_key(segment: &Segment, occurrence: u64) -> String {
+        format!("m-{}-{occurrence}", content_digest(segment))
     }
 
     /// The key of an id-less segment of `contact` saying `text` (no speaker, no offsets),

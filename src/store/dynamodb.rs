@@ -957,7 +957,6 @@ async fn query_items(
     Ok(items)
 }
 
-/// Runs `actions` as transactions of at most 100 actions, one after the other.
 /// A read-model item written only over one that is not ahead of it: fleet workers fold the
 /// same log at their own pace, and a slower fold must never overwrite a newer row (or move
 /// the checkpoint back).
@@ -987,19 +986,15 @@ impl IfNotBehind {
 
     /// Writes it on its own; a newer item already there is kept, and that is no error.
     async fn put_alone(&self, client: &Client, table: &str) -> Result<(), StoreError> {
-        let written = client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(self.item.clone()))
-            .condition_expression(Self::CONDITION)
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#order", self.field)
-            .expression_attribute_values(":order", n(self.value))
+        let put = TransactWriteItem::builder().put(self.put(table)).build();
+        match client
+            .transact_write_items()
+            .transact_items(put)
             .send()
-            .await;
-        match written {
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+            Err(e) if cancelled_by_condition(&e) => {
                 tracing::debug!(
                     field = self.field,
                     value = self.value,
@@ -1007,7 +1002,7 @@ impl IfNotBehind {
                 );
                 Ok(())
             }
-            Err(e) => Err(unavailable("PutItem", e)),
+            Err(e) => Err(unavailable("TransactWriteItems", e)),
         }
     }
 }
@@ -1023,6 +1018,7 @@ fn cancelled_by_condition<R>(error: &SdkError<TransactWriteItemsError, R>) -> bo
     }
 }
 
+/// Runs `actions` as transactions of at most 100 actions, one after the other.
 async fn transact_in_chunks(
     client: &Client,
     actions: Vec<TransactWriteItem>,

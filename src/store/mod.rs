@@ -179,6 +179,13 @@ pub struct ContactRow {
     pub last_seq: u64,
 }
 
+impl ContactRow {
+    /// Whether the contact still owes work: open, or ended without a summary.
+    pub fn owes_work(&self) -> bool {
+        self.ended_at.is_none() || (self.summary_version == 0 && self.utterances > 0)
+    }
+}
+
 /// Which contacts `query contacts` wants.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContactFilter {
