@@ -442,7 +442,7 @@ async fn produce(
             // Every call open: wait (briefly) until the router has seen each one.
             let waiting = Instant::now();
             loop {
-                produced.open_contacts = router.send(GetActivity).await?.live;
+                produced.open_contacts = router.send(GetActivity::default()).await?.live;
                 if produced.open_contacts >= shape.calls || waiting.elapsed() > OPEN_WAIT {
                     break;
                 }
@@ -719,7 +719,7 @@ pub async fn pipeline(
     read.context("reading the generated calls")?;
     pipeline.settle(SETTLE_TIMEOUT).await?;
     let settle_time = start.elapsed();
-    let unsettled_contacts = pipeline.router.send(GetActivity).await?.busy;
+    let unsettled_contacts = pipeline.router.send(GetActivity::default()).await?.busy;
     let peak_rss_mib = peak_rss_mib();
     pipeline.stop();
 

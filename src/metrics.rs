@@ -55,12 +55,13 @@ pub struct Metrics {
     /// when loaded (their records are refused into the reject log).
     pub contacts_quarantined: IntCounter,
     /// `kinesis_millis_behind{shard}`: how far this worker's reader of each leased shard is
-    /// behind the stream's tip, as GetRecords reports it.
+    /// behind the stream's tip, as GetRecords reports it (removed once the shard is no
+    /// longer read here).
     pub kinesis_millis_behind: IntGaugeVec,
     /// `kinesis_leases_held`: shard leases this worker holds.
     pub kinesis_leases_held: IntGauge,
     /// `kinesis_lease_takeovers_total`: leases this worker took from another worker
-    /// (expired or stolen to balance).
+    /// (expired, or handed over to balance the fleet).
     pub kinesis_lease_takeovers: IntCounter,
 }
 

@@ -305,7 +305,15 @@ async fn finished_contacts_are_passivated_for_good_and_never_reloaded() {
     // passivated during a poll is restarted by its supervisor, and must stay idle.
     h.pipeline.settle(Duration::from_secs(10)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while h.pipeline.router.send(GetActivity).await.unwrap().live > 0 {
+    while h
+        .pipeline
+        .router
+        .send(GetActivity::default())
+        .await
+        .unwrap()
+        .live
+        > 0
+    {
         assert!(Instant::now() < deadline, "contacts were not passivated");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use self::attributes::{AttributeDispatcher, AttributeSink, AttributesConfig};
 use self::gateway::{Backends, GatewayConfig, ModelGateway};
 use self::projector::{CatchUp, Projector};
-use self::router::{ContactRouter, GetActivity, Resume, SetServices};
+use self::router::{ContactRouter, GetActivity, Resume, Selector, SetServices};
 use self::summaries::SummarySink;
 use crate::events::rules::EscalationRules;
 use crate::store::{ContactFilter, EventStore, ProjectionStore, StoreError};
@@ -205,26 +205,36 @@ impl Pipeline {
     /// Waits until no contact has model or sink work due or in flight (or `timeout`
     /// passes), then brings the read models up to date. Open contacts stay open.
     pub async fn settle(&self, timeout: Duration) -> Result<(), StoreError> {
+        let owing = self.drain_where(|_| true, timeout).await?;
+        if owing > 0 {
+            tracing::warn!(
+                busy = owing,
+                "stopping with work still owed; the next run resumes it"
+            );
+        }
+        self.catch_up().await.map(|_| ())
+    }
+
+    /// Waits until none of the live contacts `selects` picks has model or sink work due or
+    /// in flight, or `timeout` passes; answers how many still owe work.
+    pub async fn drain_where(
+        &self,
+        selects: impl Fn(&str) -> bool + Clone + Send + 'static,
+        timeout: Duration,
+    ) -> Result<usize, StoreError> {
         let start = std::time::Instant::now();
         loop {
+            let among: Selector = Box::new(selects.clone());
             let activity = self
                 .router
-                .send(GetActivity)
+                .send(GetActivity { among: Some(among) })
                 .await
                 .map_err(|e| StoreError::Unavailable(format!("router: {e}")))?;
-            if activity.busy == 0 {
-                break;
-            }
-            if start.elapsed() > timeout {
-                tracing::warn!(
-                    busy = activity.busy,
-                    "stopping with work still owed; the next run resumes it"
-                );
-                break;
+            if activity.busy == 0 || start.elapsed() > timeout {
+                return Ok(activity.busy);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.catch_up().await.map(|_| ())
     }
 
     /// Stops the contact arbiters.

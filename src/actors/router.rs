@@ -31,16 +31,23 @@ pub struct Passivate {
 #[rtype(result = "()")]
 pub struct Resume(pub Vec<String>);
 
+/// Picks contacts by id.
+pub type Selector = Box<dyn Fn(&str) -> bool + Send>;
+
 /// Stop the live contacts this selects (those of a shard this worker no longer reads: its
 /// new owner resumes them from the log); answers how many were stopped.
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct Release(pub Box<dyn Fn(&str) -> bool + Send>);
+pub struct Release(pub Selector);
 
-/// How many contacts are live and how many of them owe work.
-#[derive(Message)]
+/// How many contacts are live and how many of them owe work (of all, or of those `among`
+/// selects).
+#[derive(Message, Default)]
 #[rtype(result = "Activity")]
-pub struct GetActivity;
+pub struct GetActivity {
+    /// Count only these contacts.
+    pub among: Option<Selector>,
+}
 
 /// Live and busy contact counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
@@ -179,9 +186,18 @@ impl Handler<Release> for ContactRouter {
 impl Handler<GetActivity> for ContactRouter {
     type Result = ResponseFuture<Activity>;
 
-    fn handle(&mut self, _: GetActivity, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        GetActivity { among }: GetActivity,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
         self.contacts.retain(|_, addr| addr.connected());
-        let addrs: Vec<_> = self.contacts.values().cloned().collect();
+        let addrs: Vec<_> = self
+            .contacts
+            .iter()
+            .filter(|(id, _)| among.as_ref().is_none_or(|selects| selects(id)))
+            .map(|(_, addr)| addr.clone())
+            .collect();
         Box::pin(async move {
             let live = addrs.len();
             let answers =

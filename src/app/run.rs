@@ -129,7 +129,13 @@ pub async fn run(
         match &kinesis {
             Some(source) => {
                 source
-                    .run(&pipeline, &rejects, max_in_flight, stop.clone())
+                    .run(
+                        &pipeline,
+                        &rejects,
+                        max_in_flight,
+                        inputs.settle_timeout,
+                        stop.clone(),
+                    )
                     .await
             }
             None => FeedStats::default(),

@@ -19,7 +19,9 @@ use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::leases::{LATEST, Lease, LeasePlanner, LeaseTable, SHARD_END, ShardInfo, TRIM_HORIZON};
+use super::leases::{
+    LATEST, Lease, LeasePlanner, LeaseTable, Renewal, SHARD_END, ShardInfo, TRIM_HORIZON,
+};
 use super::source::{LineReader, ReadStats, RejectLog};
 use crate::actors::Pipeline;
 use crate::actors::feed::{FeedStats, feed};
@@ -100,6 +102,8 @@ enum ReaderEnd {
     ShardEnd,
     /// Another worker holds the lease now.
     Lost,
+    /// Another worker claimed the lease; the shard's contacts have finished their owed work.
+    HandedOver,
     /// Asked to stop.
     Stopped,
 }
@@ -109,12 +113,24 @@ struct Held {
     shard_id: String,
     token: String,
     cancel: CancellationToken,
+    /// Cancelled when another worker claims the lease: the reader stops, the shard's
+    /// contacts finish what they owe, then the lease is given back.
+    hand_over: CancellationToken,
     renewed: Instant,
     /// Another worker has it now (taken over, or not renewed for a lease duration).
     lost: bool,
 }
 
 type Reader<'a> = LocalBoxFuture<'a, (String, ReaderEnd, FeedStats)>;
+
+/// Where shard readers put their records, and how long a shard leaving this worker waits
+/// for its contacts' owed work.
+struct Feeding<'a> {
+    pipeline: &'a Pipeline,
+    rejects: &'a RejectLog,
+    max_in_flight: usize,
+    settle_timeout: Duration,
+}
 
 /// Reads a stream's shards under leases and feeds their records to the pipeline.
 pub struct KinesisSource {
@@ -187,19 +203,29 @@ impl KinesisSource {
     }
 
     /// Runs until `stop`: keeps this worker's share of the leases, reads their shards into
-    /// the pipeline (refusals to `rejects`), and on `stop` finishes each shard's batch in
-    /// progress, checkpoints it and gives its leases back. Only the contacts of the shards
-    /// it holds run here: taking a shard's lease resumes that shard's unfinished contacts
-    /// (those a dead or departed worker left), and losing it, or reading it to its end,
-    /// stops them (their new owner resumes them).
+    /// the pipeline (refusals to `rejects`). Only the contacts of the shards it holds run
+    /// here: taking a shard's lease resumes that shard's unfinished contacts (those a dead
+    /// or departed worker left); losing it, or reading it to its end, stops them (their new
+    /// owner resumes them); a lease claimed by another worker is given back once the
+    /// shard's contacts have finished the work they owe (at most `settle_timeout`). On
+    /// `stop` each shard's batch in progress is finished and checkpointed, the pipeline
+    /// settles (at most `settle_timeout`), and only then are the leases given back, renewed
+    /// all the while, so that no other worker redoes work this one still has in flight.
     pub async fn run(
         &self,
         pipeline: &Pipeline,
         rejects: &RejectLog,
         max_in_flight: usize,
+        settle_timeout: Duration,
         stop: CancellationToken,
     ) -> FeedStats {
         let router = &pipeline.router;
+        let feeding = Feeding {
+            pipeline,
+            rejects,
+            max_in_flight,
+            settle_timeout,
+        };
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
         let mut planner = LeasePlanner::new(&self.me, lease_duration);
         let mut held: HashMap<String, Held> = HashMap::new();
@@ -209,31 +235,26 @@ impl KinesisSource {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut synced: Option<Instant> = None;
         let mut shards: HashMap<String, ShardInfo> = HashMap::new();
+        let mut stopping = false;
         tracing::info!(worker = %self.me, stream = %self.config.stream, "reading Kinesis");
         loop {
             tokio::select! {
-                () = stop.cancelled() => break,
+                () = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    for lease in held.values() {
+                        lease.cancel.cancel();
+                    }
+                }
                 Some((key, end, read)) = readers.next() => {
                     stats += read;
-                    // A reader can end on `stop` before this loop sees it: whatever
-                    // ended it, a lease still held is given back (a lost one refuses).
-                    let Some(lease) = held.remove(&key) else { continue };
-                    if end != ReaderEnd::Lost {
-                        self.give_back(&key, &lease.token).await;
-                    }
-                    let moved = end == ReaderEnd::Lost || lease.lost;
-                    if (moved || end == ReaderEnd::ShardEnd)
-                        && let Some(shard) = shards.get(&lease.shard_id).cloned()
-                    {
-                        let stopped = router
-                            .send(Release(Box::new(move |id| shard.holds(id))))
-                            .await
-                            .unwrap_or(0);
-                        tracing::info!(lease = %key, contacts = stopped, "stopped the contacts of a shard no longer read here");
-                    }
+                    self.reader_ended(router, &mut held, &shards, &key, end).await;
                 }
                 _ = tick.tick() => {
                     metrics().kinesis_leases_held.set(held.len() as i64);
+                    if stopping {
+                        self.renew_held(&mut held).await;
+                        continue;
+                    }
                     let taken = self
                         .keep_leases(&mut planner, &mut held, &mut synced, &mut shards)
                         .await
@@ -256,29 +277,81 @@ impl KinesisSource {
                     }
                     for lease in taken {
                         let token = lease.token.clone().expect("a taken lease has a token");
-                        let cancel = stop.child_token();
+                        let (cancel, hand_over) = (stop.child_token(), CancellationToken::new());
                         held.insert(lease.key.clone(), Held {
                             shard_id: lease.shard_id.clone(),
                             token,
                             cancel: cancel.clone(),
+                            hand_over: hand_over.clone(),
                             renewed: Instant::now(),
                             lost: false,
                         });
-                        readers.push(Box::pin(self.read_shard(lease, cancel, router, rejects, max_in_flight)));
+                        let shard = shards.get(&lease.shard_id).cloned();
+                        readers.push(Box::pin(self.read_shard(lease, shard, cancel, hand_over, &feeding)));
                     }
                 }
             }
+            if stopping && readers.is_empty() {
+                break;
+            }
         }
-        for lease in held.values() {
-            lease.cancel.cancel();
-        }
-        while let Some((_, _, read)) = readers.next().await {
-            stats += read;
+        // Every reader has stopped; what the pipeline owes is finished before anyone else
+        // may take the leases.
+        let settling = pipeline.settle(settle_timeout);
+        tokio::pin!(settling);
+        loop {
+            tokio::select! {
+                settled = &mut settling => {
+                    if let Err(e) = settled {
+                        tracing::warn!(error = %e, "settling before giving the leases back failed");
+                    }
+                    break;
+                }
+                _ = tick.tick() => self.renew_held(&mut held).await,
+            }
         }
         for (key, lease) in held {
-            self.give_back(&key, &lease.token).await;
+            if !lease.lost {
+                self.give_back(&key, &lease.token).await;
+            }
         }
+        metrics().kinesis_leases_held.set(0);
         stats
+    }
+
+    /// A shard reader ended: the contacts of a shard no longer read here are stopped, then
+    /// a lease still held is given back (one stopped by `stop` stays held until the
+    /// pipeline has settled).
+    async fn reader_ended(
+        &self,
+        router: &Addr<ContactRouter>,
+        held: &mut HashMap<String, Held>,
+        shards: &HashMap<String, ShardInfo>,
+        key: &str,
+        end: ReaderEnd,
+    ) {
+        let Some(lease) = held.remove(key) else {
+            return;
+        };
+        let moved = end == ReaderEnd::Lost || lease.lost;
+        if end == ReaderEnd::Stopped && !moved {
+            held.insert(key.to_string(), lease);
+            return;
+        }
+        metrics()
+            .kinesis_millis_behind
+            .remove_label_values(&[lease.shard_id.as_str()])
+            .ok();
+        if let Some(shard) = shards.get(&lease.shard_id).cloned() {
+            let stopped = router
+                .send(Release(Box::new(move |id| shard.holds(id))))
+                .await
+                .unwrap_or(0);
+            tracing::info!(lease = %key, contacts = stopped, ?end, "stopped the contacts of a shard no longer read here");
+        }
+        if !moved {
+            self.give_back(key, &lease.token).await;
+        }
     }
 
     async fn give_back(&self, key: &str, token: &str) {
@@ -287,24 +360,25 @@ impl KinesisSource {
         }
     }
 
-    /// One round of lease upkeep: renews what is held (stopping readers whose lease was
-    /// taken over, or not renewed for a lease duration), adds leases for new shards, and
-    /// takes this worker's share. Returns the leases just taken.
-    async fn keep_leases(
-        &self,
-        planner: &mut LeasePlanner,
-        held: &mut HashMap<String, Held>,
-        synced: &mut Option<Instant>,
-        known: &mut HashMap<String, ShardInfo>,
-    ) -> anyhow::Result<Vec<Lease>> {
+    /// Renews every lease held: a lease taken over (or not renewed for a lease duration)
+    /// stops its reader; one claimed by another worker starts its hand-over.
+    async fn renew_held(&self, held: &mut HashMap<String, Held>) {
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
         for (key, lease) in held.iter_mut() {
-            if lease.cancel.is_cancelled() {
+            if lease.lost {
                 continue;
             }
             match self.leases.renew(key, &lease.token).await {
-                Ok(true) => lease.renewed = Instant::now(),
-                Ok(false) => {
+                Ok(Renewal::Kept) => lease.renewed = Instant::now(),
+                Ok(Renewal::Claimed(by)) => {
+                    lease.renewed = Instant::now();
+                    if !lease.hand_over.is_cancelled() {
+                        tracing::info!(lease = %key, to = %by, "lease claimed; handing it over once its contacts have settled");
+                        lease.hand_over.cancel();
+                        lease.cancel.cancel();
+                    }
+                }
+                Ok(Renewal::Lost) => {
                     tracing::info!(lease = %key, "lease taken over by another worker; stopping its reader");
                     lease.lost = true;
                     lease.cancel.cancel();
@@ -319,6 +393,18 @@ impl KinesisSource {
                 }
             }
         }
+    }
+
+    /// One round of lease upkeep: renews what is held, adds leases for new shards, and
+    /// takes (or claims) this worker's share. Returns the leases just taken.
+    async fn keep_leases(
+        &self,
+        planner: &mut LeasePlanner,
+        held: &mut HashMap<String, Held>,
+        synced: &mut Option<Instant>,
+        known: &mut HashMap<String, ShardInfo>,
+    ) -> anyhow::Result<Vec<Lease>> {
+        self.renew_held(held).await;
         let sync_every = Duration::from_millis(self.config.shard_sync_ms);
         if synced.is_none_or(|at| at.elapsed() >= sync_every) {
             let shards = self.shards().await?;
@@ -332,11 +418,19 @@ impl KinesisSource {
         let keys: HashSet<String> = held.keys().cloned().collect();
         let mut taken = Vec::new();
         for take in planner.plan(&table, &keys, Instant::now()) {
+            if let Some(owner) = &take.claim_from {
+                if self.leases.claim(&take.key, owner, &self.me).await? {
+                    tracing::info!(lease = %take.key, from = %owner, "lease claimed; its owner hands it over");
+                }
+                continue;
+            }
             let token = uuid::Uuid::now_v7().to_string();
-            let from = table
-                .iter()
-                .find(|l| l.key == take.key)
-                .and_then(|l| l.owner.clone());
+            // From another worker: an expired owner, or one that handed it over to me.
+            let from = table.iter().find(|l| l.key == take.key).and_then(|l| {
+                l.owner
+                    .clone()
+                    .or_else(|| l.claimant.as_ref().map(|_| "(handed over)".to_string()))
+            });
             match self
                 .leases
                 .take(&take.key, take.seen, &self.me, &token)
@@ -451,15 +545,23 @@ impl KinesisSource {
         Ok(rows)
     }
 
-    /// Reads one leased shard until it ends, the lease is lost, or `cancel`.
+    /// Reads one leased shard until it ends, the lease is lost, `cancel`, or a hand-over.
+    /// Before the shard's end is recorded (which lets its children be read) and before a
+    /// claimed lease is handed over, the shard's contacts finish the work they owe, so that
+    /// their next owner has nothing to redo.
     async fn read_shard(
         &self,
         lease: Lease,
+        shard: Option<ShardInfo>,
         cancel: CancellationToken,
-        router: &Addr<ContactRouter>,
-        rejects: &RejectLog,
-        max_in_flight: usize,
+        hand_over: CancellationToken,
+        feeding: &Feeding<'_>,
     ) -> (String, ReaderEnd, FeedStats) {
+        let (router, rejects, max_in_flight) = (
+            &feeding.pipeline.router,
+            feeding.rejects,
+            feeding.max_in_flight,
+        );
         let token = lease.token.clone().expect("a held lease has a token");
         let mut reader = LineReader::new(&format!(
             "kinesis:{}/{}",
@@ -538,6 +640,7 @@ impl KinesisSource {
                 failures = 0;
                 let Some(next) = page.next_shard_iterator else {
                     // The shard is closed and read to its end.
+                    self.drain(&lease.key, shard.as_ref(), feeding).await;
                     match self.leases.checkpoint(&lease.key, &token, SHARD_END).await {
                         Ok(true) => break 'reading ReaderEnd::ShardEnd,
                         Ok(false) => break 'reading ReaderEnd::Lost,
@@ -558,8 +661,33 @@ impl KinesisSource {
                 }
             }
         };
+        let end = if end == ReaderEnd::Stopped && hand_over.is_cancelled() {
+            self.drain(&lease.key, shard.as_ref(), feeding).await;
+            ReaderEnd::HandedOver
+        } else {
+            end
+        };
         tracing::info!(shard = %lease.shard_id, ?end, %checkpoint, "shard reader ended");
         (lease.key, end, stats)
+    }
+
+    /// Waits (at most the settle timeout) until the contacts of `shard` owe no work.
+    async fn drain(&self, key: &str, shard: Option<&ShardInfo>, feeding: &Feeding<'_>) {
+        let shard = shard.cloned();
+        let holds = move |id: &str| shard.as_ref().is_some_and(|s| s.holds(id));
+        match feeding
+            .pipeline
+            .drain_where(holds, feeding.settle_timeout)
+            .await
+        {
+            Ok(0) => {}
+            Ok(owing) => {
+                tracing::warn!(lease = %key, contacts = owing, "leaving a shard with work still owed; its next owner redoes it")
+            }
+            Err(e) => {
+                tracing::warn!(lease = %key, error = %e, "could not wait for a shard's contacts")
+            }
+        }
     }
 
     /// Parses one GetRecords batch and feeds it through the pipeline until every record is
@@ -601,6 +729,9 @@ mod tests {
     use crate::config::{Backend, Config};
     use crate::ingest::source::RejectLog;
     use crate::store::{EventStore, SeqRange};
+
+    /// How long a worker waits for owed work before giving leases back.
+    const SETTLE: Duration = Duration::from_secs(30);
 
     /// A stream with `shards` shards on moto, and a client for it.
     async fn stream(shards: i32) -> (aws_sdk_kinesis::Client, String) {
@@ -1053,10 +1184,10 @@ mod tests {
         };
         let running_b = async {
             b_started.cancelled().await;
-            b.run(&pipeline, &rejects, 64, stop_b.clone()).await
+            b.run(&pipeline, &rejects, 64, SETTLE, stop_b.clone()).await
         };
         let (read_a, read_b, ()) = tokio::join!(
-            a.run(&pipeline, &rejects, 64, stop_a.clone()),
+            a.run(&pipeline, &rejects, 64, SETTLE, stop_a.clone()),
             running_b,
             driving
         );

@@ -10,6 +10,12 @@
 //! - Taking a lease (free, expired, or stolen to balance the fleet) is a conditional update on
 //!   the counter last seen, with a new token; checkpoints are conditional on that token, so a
 //!   worker that lost a lease can never move its checkpoint (fencing).
+//! - A lease is moved from a live owner (to even out the fleet) by a hand-over, not a steal:
+//!   the new worker claims it, the owner sees the claim on its next renewal, stops reading,
+//!   lets the shard's contacts finish the work they owe, and gives the lease back; only the
+//!   claimant may take it then (anyone, once it has stood free for a lease duration). So
+//!   no model call, Connect update or summary is made twice when leases move between live
+//!   workers. An owner that dies mid-hand-over stops renewing and its lease expires.
 //! - A child shard (after a split or merge) is read only once its parents reach `SHARD_END`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +43,7 @@ const TOKEN: &str = "token";
 const COUNTER: &str = "counter";
 const CHECKPOINT: &str = "checkpoint";
 const PARENTS: &str = "parents";
+const CLAIMANT: &str = "claimant";
 
 /// One shard's lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +62,19 @@ pub struct Lease {
     pub checkpoint: String,
     /// The shards this one was split or merged from.
     pub parents: Vec<String>,
+    /// The worker the owner is asked to hand the lease over to, if any.
+    pub claimant: Option<String>,
+}
+
+/// What a renewal found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Still ours.
+    Kept,
+    /// Still ours, and this worker asks for it: hand it over.
+    Claimed(String),
+    /// Another worker holds it now.
+    Lost,
 }
 
 impl Lease {
@@ -220,9 +240,10 @@ impl LeaseTable {
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(key))
-            .update_expression("SET #o = :o, #t = :t ADD #c :one")
+            .update_expression("SET #o = :o, #t = :t REMOVE #cl ADD #c :one")
             .condition_expression("#c = :seen")
             .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#cl", CLAIMANT)
             .expression_attribute_names("#t", TOKEN)
             .expression_attribute_names("#c", COUNTER)
             .expression_attribute_values(":o", s(owner))
@@ -245,8 +266,32 @@ impl LeaseTable {
         }
     }
 
+    /// Asks `owner`, the live holder of `key`, to hand it over to `me`; `false` when the
+    /// owner changed or another worker claimed it first.
+    pub async fn claim(&self, key: &str, owner: &str, me: &str) -> anyhow::Result<bool> {
+        let claim = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, s(key))
+            .update_expression("SET #cl = :me")
+            .condition_expression("#o = :owner AND attribute_not_exists(#cl)")
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#cl", CLAIMANT)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":me", s(me))
+            .send()
+            .await;
+        match claim {
+            Ok(_) => Ok(true),
+            Err(e) if condition_failed(&e) => Ok(false),
+            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .with_context(|| format!("claiming lease {key}")),
+        }
+    }
+
     /// Runs `update` (with its attribute `names` and `values`) on `key` if `token` still
-    /// holds it: `false` when it does not.
+    /// holds it: the lease as updated, or `None` when the token no longer holds it.
     async fn fenced(
         &self,
         key: &str,
@@ -254,7 +299,7 @@ impl LeaseTable {
         update: &str,
         names: &[(&str, &str)],
         values: &[(&str, AttributeValue)],
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<Lease>> {
         let mut request = self
             .client
             .update_item()
@@ -262,6 +307,7 @@ impl LeaseTable {
             .key(KEY, s(key))
             .update_expression(update)
             .condition_expression("#t = :token")
+            .return_values(ReturnValue::AllNew)
             .expression_attribute_names("#t", TOKEN)
             .expression_attribute_values(":token", s(token));
         for (placeholder, attribute) in names {
@@ -271,24 +317,38 @@ impl LeaseTable {
             request = request.expression_attribute_values(*placeholder, value.clone());
         }
         match request.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
+            Ok(out) => {
+                let item = out
+                    .attributes
+                    .context("UpdateItem returned no attributes")?;
+                Ok(Some(lease_from_item(&item)?))
+            }
+            Err(e) if condition_failed(&e) => Ok(None),
             Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
                 .with_context(|| format!("updating lease {key}")),
         }
     }
 
-    /// Bumps the counter of a lease held with `token`; `false` if it was taken over.
-    pub async fn renew(&self, key: &str, token: &str) -> anyhow::Result<bool> {
+    /// Bumps the counter of a lease held with `token`: whether it is still ours, and
+    /// whether another worker has claimed it.
+    pub async fn renew(&self, key: &str, token: &str) -> anyhow::Result<Renewal> {
         let one = AttributeValue::N("1".into());
-        self.fenced(
-            key,
-            token,
-            "ADD #c :one",
-            &[("#c", COUNTER)],
-            &[(":one", one)],
-        )
-        .await
+        let renewed = self
+            .fenced(
+                key,
+                token,
+                "ADD #c :one",
+                &[("#c", COUNTER)],
+                &[(":one", one)],
+            )
+            .await?;
+        Ok(match renewed {
+            None => Renewal::Lost,
+            Some(Lease {
+                claimant: Some(by), ..
+            }) => Renewal::Claimed(by),
+            Some(_) => Renewal::Kept,
+        })
     }
 
     /// Records `checkpoint` on a lease held with `token`; `false` if it was taken over.
@@ -299,22 +359,27 @@ impl LeaseTable {
         checkpoint: &str,
     ) -> anyhow::Result<bool> {
         let names = [("#k", CHECKPOINT)];
-        self.fenced(key, token, "SET #k = :k", &names, &[(":k", s(checkpoint))])
-            .await
+        let done = self
+            .fenced(key, token, "SET #k = :k", &names, &[(":k", s(checkpoint))])
+            .await?;
+        Ok(done.is_some())
     }
 
-    /// Gives a lease held with `token` up, so that another worker can take it at once.
+    /// Gives a lease held with `token` up, so that another worker (its claimant, if it has
+    /// one) can take it at once.
     pub async fn release(&self, key: &str, token: &str) -> anyhow::Result<bool> {
         let one = AttributeValue::N("1".into());
         let names = [("#o", OWNER), ("#c", COUNTER)];
-        self.fenced(
-            key,
-            token,
-            "REMOVE #o, #t ADD #c :one",
-            &names,
-            &[(":one", one)],
-        )
-        .await
+        let released = self
+            .fenced(
+                key,
+                token,
+                "REMOVE #o, #t ADD #c :one",
+                &names,
+                &[(":one", one)],
+            )
+            .await?;
+        Ok(released.is_some())
     }
 }
 
@@ -347,6 +412,7 @@ fn lease_from_item(item: &HashMap<String, AttributeValue>) -> anyhow::Result<Lea
         counter,
         checkpoint: text(CHECKPOINT)?,
         parents,
+        claimant: optional(CLAIMANT),
     })
 }
 
@@ -357,6 +423,9 @@ pub struct Take {
     pub key: String,
     /// Its counter when last seen.
     pub seen: u64,
+    /// Held by this live worker, asked to hand it over ([`LeaseTable::claim`]) instead of
+    /// taken.
+    pub claim_from: Option<String>,
 }
 
 /// Decides which leases a worker takes, from what it has seen of the table over time.
@@ -379,8 +448,8 @@ impl LeasePlanner {
 
     /// The leases to take now, given the table (`leases`, read at `now`) and the keys this
     /// worker holds. Aims at an even share of the readable shards among live workers: takes
-    /// free and expired leases up to that share, and when none is left steals one lease
-    /// from the busiest worker holding more than the share.
+    /// free and expired leases up to that share, and when none is left claims one lease
+    /// from the busiest worker holding more than the share (one claim at a time).
     pub fn plan(&mut self, leases: &[Lease], held: &HashSet<String>, now: Instant) -> Vec<Take> {
         self.seen
             .retain(|key, _| leases.iter().any(|l| &l.key == key));
@@ -409,20 +478,27 @@ impl LeasePlanner {
                     .all(|p| finished.contains(p.as_str()) || !known.contains(p.as_str()))
             })
             .collect();
-        let available = |l: &Lease| match &l.owner {
-            None => true,
-            Some(owner) if *owner == self.me => !held.contains(&l.key),
-            Some(_) => self.expired(l, now),
+        let me = self.me.as_str();
+        let available = |l: &Lease| match (&l.owner, &l.claimant) {
+            // Handed over to its claimant: theirs alone, until it has stood free too long.
+            (None, Some(claimant)) => claimant == me || self.expired(l, now),
+            (None, None) => true,
+            (Some(owner), _) if owner == me => !held.contains(&l.key),
+            (Some(_), _) => self.expired(l, now),
         };
+        // Who each lease counts for: its owner, or the worker it is being handed to.
         let mut load: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
         for lease in readable.iter().filter(|l| !available(l)) {
-            load.entry(lease.owner.as_deref().unwrap_or_default())
-                .or_default()
-                .push(lease);
+            let holder = match (&lease.owner, &lease.claimant) {
+                (_, Some(claimant)) => claimant,
+                (Some(owner), None) => owner,
+                (None, None) => continue,
+            };
+            load.entry(holder.as_str()).or_default().push(lease);
         }
-        let workers = load.keys().filter(|w| **w != self.me).count() + 1;
+        let workers = load.keys().filter(|w| **w != me).count() + 1;
         let share = readable.len().div_ceil(workers);
-        let mine = load.get(self.me.as_str()).map_or(0, Vec::len);
+        let mine = load.get(me).map_or(0, Vec::len);
         let need = share.saturating_sub(mine);
         let mut takes: Vec<Take> = readable
             .iter()
@@ -431,20 +507,25 @@ impl LeasePlanner {
             .map(|l| Take {
                 key: l.key.clone(),
                 seen: l.counter,
+                claim_from: None,
             })
             .collect();
-        if takes.len() < need {
+        let claiming = readable
+            .iter()
+            .any(|l| l.claimant.as_deref() == Some(me) && l.owner.is_some());
+        if takes.len() < need && !claiming {
             let busiest = load
                 .iter()
-                .filter(|(worker, _)| **worker != self.me)
+                .filter(|(worker, _)| **worker != me)
                 .max_by_key(|(_, leases)| leases.len());
             if let Some((_, leases)) = busiest
                 && leases.len() > share
+                && let Some(victim) = leases.iter().find(|l| l.claimant.is_none())
             {
-                let victim = leases[0];
                 takes.push(Take {
                     key: victim.key.clone(),
                     seen: victim.counter,
+                    claim_from: victim.owner.clone(),
                 });
             }
         }
@@ -516,6 +597,7 @@ mod tests {
             counter,
             checkpoint: checkpoint.into(),
             parents: Vec::new(),
+            claimant: None,
         }
     }
 
@@ -555,31 +637,70 @@ mod tests {
             takes,
             [Take {
                 key: "s/1".into(),
-                seen: 6
+                seen: 6,
+                claim_from: None,
             }]
         );
     }
 
     #[test]
-    fn a_new_worker_steals_one_lease_at_a_time_until_the_share_is_even() {
+    fn a_new_worker_claims_one_lease_at_a_time_until_the_share_is_even() {
         let mut b = LeasePlanner::new("b", 10 * SECOND);
+        let mut a = LeasePlanner::new("a", 10 * SECOND);
         let now = Instant::now();
-        let leases: Vec<Lease> = (1..=4)
+        let mut leases: Vec<Lease> = (1..=4)
             .map(|n| lease(&n.to_string(), Some("a"), 3, "1"))
             .collect();
         let takes = b.plan(&leases, &held(&[]), now);
-        assert_eq!(keys(&takes), ["s/1"], "one steal per round");
+        assert_eq!(keys(&takes), ["s/1"], "one claim per round");
+        assert_eq!(
+            takes[0].claim_from.as_deref(),
+            Some("a"),
+            "a is alive: asked"
+        );
 
-        let mut after = leases.clone();
-        after[0] = lease("1", Some("b"), 4, "1");
-        let takes = b.plan(&after, &held(&["s/1"]), now);
+        // While a hands it over, b claims nothing more.
+        leases[0].claimant = Some("b".into());
+        assert!(b.plan(&leases, &held(&[]), now).is_empty());
+        // a gives it back: free, but b's alone; a does not take it again.
+        leases[0] = lease("1", None, 4, "1");
+        leases[0].claimant = Some("b".into());
+        let a_held = held(&["s/2", "s/3", "s/4"]);
+        assert!(a.plan(&leases, &a_held, now).is_empty());
+        let takes = b.plan(&leases, &held(&[]), now);
+        assert_eq!(
+            keys(&takes),
+            ["s/1", "s/2"],
+            "the free one taken, the next claimed"
+        );
+        assert_eq!(takes[0].claim_from, None);
+        assert_eq!(takes[1].claim_from.as_deref(), Some("a"));
+
+        leases[0] = lease("1", Some("b"), 5, "1");
+        leases[1].claimant = Some("b".into());
+        assert!(b.plan(&leases, &held(&["s/1"]), now).is_empty());
+        leases[1] = lease("2", None, 4, "1");
+        leases[1].claimant = Some("b".into());
+        let takes = b.plan(&leases, &held(&["s/1"]), now);
         assert_eq!(keys(&takes), ["s/2"]);
+        assert_eq!(takes[0].claim_from, None);
 
         // Two each: even, nothing moves (in either direction).
-        after[1] = lease("2", Some("b"), 4, "1");
-        assert!(b.plan(&after, &held(&["s/1", "s/2"]), now).is_empty());
+        leases[1] = lease("2", Some("b"), 4, "1");
+        assert!(b.plan(&leases, &held(&["s/1", "s/2"]), now).is_empty());
+        assert!(a.plan(&leases, &held(&["s/3", "s/4"]), now).is_empty());
+    }
+
+    #[test]
+    fn a_lease_handed_to_a_claimant_that_never_takes_it_is_free_after_a_lease_duration() {
+        let start = Instant::now();
         let mut a = LeasePlanner::new("a", 10 * SECOND);
-        assert!(a.plan(&after, &held(&["s/3", "s/4"]), now).is_empty());
+        let mut given_back = lease("1", None, 4, "1");
+        given_back.claimant = Some("b".into());
+        let leases = [given_back];
+        assert!(a.plan(&leases, &held(&[]), start).is_empty());
+        let takes = a.plan(&leases, &held(&[]), start + 11 * SECOND);
+        assert_eq!(keys(&takes), ["s/1"]);
     }
 
     #[test]
@@ -620,7 +741,8 @@ mod tests {
             takes,
             [Take {
                 key: "s/1".into(),
-                seen: 8
+                seen: 8,
+                claim_from: None,
             }]
         );
         assert!(me.plan(&leases, &held(&["s/1"]), Instant::now()).is_empty());
@@ -644,7 +766,7 @@ mod table_tests {
         leases.iter().map(|l| l.owner.as_deref()).collect()
     }
 
-    /// Takes what `planner` says, as worker `me`; the keys and tokens taken.
+    /// Takes (or claims) what `planner` says, as worker `me`; the keys and tokens taken.
     async fn take_planned(
         table: &LeaseTable,
         planner: &mut LeasePlanner,
@@ -656,6 +778,10 @@ mod table_tests {
         let keys: HashSet<String> = held.keys().cloned().collect();
         let mut taken = Vec::new();
         for take in planner.plan(&leases, &keys, now) {
+            if let Some(owner) = &take.claim_from {
+                assert!(table.claim(&take.key, owner, me).await.unwrap());
+                continue;
+            }
             let token = format!("{me}-{}", uuid::Uuid::now_v7());
             let lease = table.take(&take.key, take.seen, me, &token).await.unwrap();
             let lease = lease.expect("nobody else moved");
@@ -697,26 +823,30 @@ mod table_tests {
                 .collect();
         assert_eq!(a_held.len(), 4, "alone, a takes every shard");
 
-        // b joins and steals one lease per round until the split is even.
+        // b joins and claims one lease per round; a hands each over on its next renewal,
+        // and its checkpoints on what it gave back are refused from then on.
         let mut b = LeasePlanner::new("b", duration);
         let mut b_held = HashMap::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             b_held.extend(take_planned(&table, &mut b, "b", &b_held, t0).await);
+            for (key, token) in a_held.clone() {
+                match table.renew(&key, &token).await.unwrap() {
+                    Renewal::Kept => {}
+                    Renewal::Claimed(by) => {
+                        assert_eq!(by, "b");
+                        assert!(table.release(&key, &token).await.unwrap());
+                        assert!(!table.checkpoint(&key, &token, "77").await.unwrap());
+                        a_held.remove(&key);
+                    }
+                    Renewal::Lost => panic!("{key} was taken from a live owner"),
+                }
+            }
         }
-        assert_eq!(b_held.len(), 2);
+        assert_eq!((a_held.len(), b_held.len()), (2, 2));
         let leases = table.list().await.unwrap();
         let a_count = owners(&leases).iter().filter(|o| **o == Some("a")).count();
         assert_eq!(a_count, 2);
-
-        // a finds out on its next renewal, and its checkpoint on a lost lease is refused.
-        for (key, token) in &a_held {
-            let still_mine = table.renew(key, token).await.unwrap();
-            assert_eq!(still_mine, !b_held.contains_key(key), "{key}");
-            if b_held.contains_key(key) {
-                assert!(!table.checkpoint(key, token, "77").await.unwrap());
-            }
-        }
-        a_held.retain(|key, _| !b_held.contains_key(key));
+        assert!(leases.iter().all(|l| l.claimant.is_none()), "{leases:#?}");
         let (key, token) = b_held.iter().next().unwrap();
         assert!(table.checkpoint(key, token, "77").await.unwrap());
         let lease = table
@@ -740,7 +870,11 @@ mod table_tests {
         let leases = table.list().await.unwrap();
         assert_eq!(owners(&leases), [Some("a"); 4]);
         assert!(leases.iter().any(|l| l.checkpoint == "77"));
-        assert!(!table.renew(key, token).await.unwrap(), "b's token is dead");
+        assert_eq!(
+            table.renew(key, token).await.unwrap(),
+            Renewal::Lost,
+            "b's token is dead"
+        );
 
         // A lease given back is free at once.
         let (key, token) = back[0].clone();
