@@ -353,6 +353,36 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The fleet under faults, with real processes on a moto server it starts (needs
+    /// `moto[server]`): workers reading one Kinesis stream while one is SIGKILLed, another
+    /// joins and a shard splits; then checked from the log, the Connect and Bedrock stubs
+    /// and the bucket (exit status 1 if an invariant broke); then one worker's records/s.
+    Fleet {
+        /// Calls in the stream (every other one angry).
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Utterances per call, customer and agent in turn.
+        #[arg(long, default_value_t = 6)]
+        utterances: usize,
+        /// Shards at the start.
+        #[arg(long, default_value_t = 4)]
+        shards: i32,
+        /// Workers at the start.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// The workers' lease duration, ms.
+        #[arg(long, default_value_t = 10000)]
+        lease_ms: u64,
+        /// How long putting the stream takes, s.
+        #[arg(long, default_value_t = 30)]
+        put_secs: u64,
+        /// Records for the throughput phase (0: skip it).
+        #[arg(long, default_value_t = 20000)]
+        throughput_records: usize,
+        /// Keep the run's folder (worker configs and logs) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -364,6 +394,15 @@ fn main() -> anyhow::Result<()> {
     }
     let data_dir = cli.data_dir.unwrap_or_else(DataDir::default_root);
     actix::System::new().block_on(run(cli.command, config, data_dir))
+}
+
+/// Prints a harness's report as JSON; exit status 1 unless every invariant held.
+fn print_verdict(report: &impl serde::Serialize, clean: bool) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    if !clean {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn init_tracing(format: &str) {
@@ -737,10 +776,33 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             };
             let exe = std::env::current_exe().context("finding the callpulse binary")?;
             let report = callpulse::app::faults::run(&exe, &options).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            if !report.is_clean() {
-                std::process::exit(1);
-            }
+            print_verdict(&report, report.is_clean())?;
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Fleet {
+                    calls,
+                    utterances,
+                    shards,
+                    workers,
+                    lease_ms,
+                    put_secs,
+                    throughput_records,
+                    keep,
+                },
+        } => {
+            let options = callpulse::app::fleet_bench::FleetOptions {
+                calls,
+                utterances,
+                shards,
+                workers,
+                lease_ms,
+                put_secs,
+                throughput_records,
+            };
+            let exe = std::env::current_exe().context("finding the callpulse binary")?;
+            let report = callpulse::app::fleet_bench::run(&exe, &options, keep.as_deref()).await?;
+            print_verdict(&report, report.is_clean())?;
         }
         Command::Bench {
             what:

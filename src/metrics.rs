@@ -42,7 +42,8 @@ pub struct Metrics {
     pub escalations: IntCounter,
     /// `attribute_updates_total{outcome}`: contact attribute writes (`ok`, `failed`).
     pub attribute_updates: IntCounterVec,
-    /// `summaries_total{outcome}`: summaries written (`ok`, `failed`).
+    /// `summaries_total{outcome}`: summaries written (`ok`, `failed`), and versions the
+    /// summary sink would not take after every retry (`unsaved`).
     pub summaries: IntCounterVec,
     /// `webhook_deliveries_total{outcome}`: summary webhook POSTs (`ok`, `retried`,
     /// `failed`).

@@ -691,3 +691,54 @@ fn the_fault_harness_kills_the_worker_again_and_again_and_finds_nothing_lost_or_
         assert_eq!(report[invariant], 0, "{invariant}: {report:#}");
     }
 }
+
+#[test]
+fn the_fleet_harness_kills_one_worker_adds_another_and_splits_a_shard_losing_and_doubling_nothing()
+{
+    let ws = Workspace::stand_in(0);
+    let out = ws
+        .command(&[
+            "bench",
+            "fleet",
+            "--calls",
+            "24",
+            "--utterances",
+            "4",
+            "--put-secs",
+            "12",
+            "--throughput-records",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // What was redone, for the test's output: only work in flight on the killed worker.
+    println!("{report:#}");
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(report["records"], 24 * 6);
+    assert_eq!(report["workers_started"], 4);
+    assert!(
+        report["killed_worker_leases"].as_u64() > Some(0),
+        "{report:#}"
+    );
+    assert!(
+        report["failover_ms"].as_u64() > Some(0),
+        "the takeover was seen: {report:#}"
+    );
+    assert!(report["worker_records_per_second"].as_u64() > Some(0));
+    for invariant in [
+        "utterances_lost",
+        "utterances_duplicated",
+        "judged_twice",
+        "never_judged",
+        "escalations_wrong",
+        "connect_updates_duplicated",
+        "connect_updates_missing",
+        "summaries_not_once",
+        "summaries_unsaved",
+        "model_calls_repeated_elsewhere",
+    ] {
+        assert_eq!(report[invariant], 0, "{invariant}: {report:#}");
+    }
+}

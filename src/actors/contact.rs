@@ -15,6 +15,7 @@ use super::Services;
 use super::attributes::{AttributeOutcome, SetAttributes};
 use super::gateway::{JudgeUtterance, ModelOutcome, WriteSummary};
 use super::router::Passivate;
+use crate::backoff::backoff;
 use crate::events::contact::{Command, Contact, Due};
 use crate::events::{
     ContactEnded, ContactStarted, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
@@ -58,6 +59,10 @@ pub struct Stop;
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct IsBusy;
+
+/// Tries at saving a summary version to the summary sink before giving up until the next
+/// start.
+const SAVE_ATTEMPTS: u32 = 6;
 
 /// What is dispatched and awaited.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -232,8 +237,18 @@ impl ContactActor {
             if only_missing && sink.has(&id, summary.version).await {
                 return;
             }
-            if let Err(error) = sink.save(&id, &summary).await {
-                tracing::error!(contact = %id, %error, "saving the summary failed; it stays in the log, `replay` regenerates it");
+            for attempt in 1..=SAVE_ATTEMPTS {
+                match sink.save(&id, &summary).await {
+                    Ok(()) => return,
+                    Err(error) if attempt < SAVE_ATTEMPTS => {
+                        tracing::warn!(contact = %id, %error, attempt, "saving the summary failed; retrying");
+                        tokio::time::sleep(backoff(500, 30_000, attempt)).await;
+                    }
+                    Err(error) => {
+                        metrics().summaries.with_label_values(&["unsaved"]).inc();
+                        tracing::error!(contact = %id, %error, "saving the summary failed for good; it stays in the log, the next start or `resend` saves it");
+                    }
+                }
             }
         };
         ctx.spawn(save.into_actor(self).map(move |(), act, ctx| {

@@ -168,30 +168,38 @@ impl Pipeline {
     /// Brings the read models up to date, then restarts every contact that still owes work
     /// (open, or ended without a summary). Returns how many.
     pub async fn resume_unfinished(&self) -> Result<usize, StoreError> {
-        self.resume_unfinished_where(|_| true).await
+        let unfinished = self.unfinished_where(|_| true).await?;
+        let n = unfinished.len();
+        self.resume(unfinished);
+        Ok(n)
     }
 
-    /// Like [`Pipeline::resume_unfinished`], for the contacts `selects` picks (those of the
-    /// shards a fleet worker holds).
-    pub async fn resume_unfinished_where(
+    /// Brings the read models up to date, then lists the contacts `selects` picks (those of
+    /// the shards a fleet worker holds) that still owe work.
+    pub async fn unfinished_where(
         &self,
         selects: impl Fn(&str) -> bool,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         self.catch_up().await?;
-        let unfinished: Vec<String> = self
+        Ok(self
             .projections
             .contacts(&ContactFilter::default())
             .await?
             .into_iter()
             .filter(|c| c.owes_work() && selects(&c.contact_id))
             .map(|c| c.contact_id)
-            .collect();
-        let n = unfinished.len();
-        if n > 0 {
-            tracing::info!(contacts = n, "resuming contacts with unfinished work");
-            self.router.do_send(Resume(unfinished));
+            .collect())
+    }
+
+    /// Restarts these contacts now.
+    pub fn resume(&self, contacts: Vec<String>) {
+        if !contacts.is_empty() {
+            tracing::info!(
+                contacts = contacts.len(),
+                "resuming contacts with unfinished work"
+            );
+            self.router.do_send(Resume(contacts));
         }
-        Ok(n)
     }
 
     /// Folds every event written so far into the read models.

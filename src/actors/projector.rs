@@ -44,17 +44,27 @@ impl Actor for Projector {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.every, |act, ctx| {
+        self.schedule(ctx);
+    }
+}
+
+impl Projector {
+    /// The next periodic catch-up, `every` after the last one ended: at most one is ever
+    /// waiting, so a store slower than the interval never piles them up in front of a
+    /// catch-up asked for.
+    fn schedule(&self, ctx: &mut Context<Self>) {
+        ctx.run_later(self.every, |act, ctx| {
             // `wait`: nothing else runs on the projector meanwhile, so a catch-up asked for
             // (at shutdown) never folds the same events as a periodic one.
             let (events, projections) = (act.events.clone(), act.projections.clone());
             ctx.wait(
                 async move { catch_up(events.as_ref(), projections.as_ref(), BATCH).await }
                     .into_actor(act)
-                    .map(|result, _, _| {
+                    .map(|result, act, ctx| {
                         if let Err(error) = result {
                             tracing::warn!(%error, "projector could not catch up; retrying");
                         }
+                        act.schedule(ctx);
                     }),
             );
         });
@@ -93,11 +103,16 @@ mod tests {
         inner: MemoryProjectionStore,
         fetching: AtomicUsize,
         most_at_once: AtomicUsize,
+        /// Catch-ups begun (each reads the checkpoint first), and how long each read takes.
+        begun: AtomicUsize,
+        checkpoint_ms: u64,
     }
 
     #[async_trait]
     impl ProjectionStore for Overlaps {
         async fn checkpoint(&self) -> Result<u64, StoreError> {
+            self.begun.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(self.checkpoint_ms)).await;
             self.inner.checkpoint().await
         }
 
@@ -153,5 +168,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.len(), 11);
+    }
+
+    #[actix_rt::test]
+    async fn periodic_catch_ups_slower_than_their_interval_do_not_pile_up() {
+        let events = Arc::new(three_calls().await);
+        let projections = Arc::new(Overlaps {
+            checkpoint_ms: 20,
+            ..Overlaps::default()
+        });
+        let projector = Projector::new(
+            events.clone(),
+            projections.clone(),
+            Duration::from_millis(1),
+        )
+        .start();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = projections.begun.load(Ordering::SeqCst);
+        projector.send(CatchUp).await.unwrap().unwrap();
+        let during = projections.begun.load(Ordering::SeqCst) - before;
+        assert!(
+            during <= 2,
+            "{during} catch-ups began while the one asked for waited: periodic ones piled up"
+        );
     }
 }

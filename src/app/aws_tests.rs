@@ -16,7 +16,7 @@ use crate::actors::s3::S3Config;
 use crate::actors::webhook::{
     DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig, signature,
 };
-use crate::aws::stub::{Received, Stub};
+use crate::aws::stub::{Received, Stub, converse_answer, llama_answer};
 use crate::aws::{AwsEndpoint, moto};
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
 use crate::store::dynamodb::{DynamoEventStore, create_tables};
@@ -32,20 +32,11 @@ fn bedrock(request: &Received, _: usize) -> HttpResponse {
         let angry = ["ridiculous", "unacceptable", "worst", "done with this"]
             .iter()
             .any(|cue| body.contains(cue));
-        let label = if angry { "NEGATIVE" } else { "NEUTRAL" };
-        HttpResponse::Ok().json(json!({
-            "output": {"message": {"role": "assistant", "content": [{"text": label}]}},
-            "stopReason": "end_turn",
-            "usage": {"inputTokens": 120, "outputTokens": 2, "totalTokens": 122},
-            "metrics": {"latencyMs": 80}
-        }))
+        converse_answer(if angry { "NEGATIVE" } else { "NEUTRAL" })
     } else {
-        HttpResponse::Ok().json(json!({
-            "generation": " The customer called about a refund.\nResolution: The agent escalated it.\nFollow-up: The refunds team calls back.\nCustomer sentiment at end: NEGATIVE",
-            "prompt_token_count": 900,
-            "generation_token_count": 60,
-            "stop_reason": "stop"
-        }))
+        llama_answer(
+            " The customer called about a refund.\nResolution: The agent escalated it.\nFollow-up: The refunds team calls back.\nCustomer sentiment at end: NEGATIVE",
+        )
     }
 }
 

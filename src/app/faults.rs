@@ -94,8 +94,9 @@ const CALM: [&str; 3] = [
 ];
 
 /// The stream: every call's STARTED, utterances and ENDED, interleaved record by record;
-/// every other call angry.
-fn stream(calls: usize, utterances: usize) -> Vec<String> {
+/// every other call angry. Each utterance ends with its tag, `(ref <contact> u<n>)`, so
+/// that a model stub can tell which one it is asked about.
+pub(super) fn stream(calls: usize, utterances: usize) -> Vec<String> {
     let call = |c: usize| -> Vec<String> {
         let id = format!("f-{c}");
         let mut lines = vec![format!(
@@ -108,7 +109,7 @@ fn stream(calls: usize, utterances: usize) -> Vec<String> {
                 _ => ("CUSTOMER", CALM[u / 2 % CALM.len()]),
             };
             lines.push(format!(
-                r#"{{"type":"SEGMENT","contactId":"{id}","segmentId":"{id}-u{u}","participant":"{who}","transcript":"{text}","isPartial":false}}"#
+                r#"{{"type":"SEGMENT","contactId":"{id}","segmentId":"{id}-u{u}","participant":"{who}","transcript":"{text} (ref {id} u{u})","isPartial":false}}"#
             ));
         }
         lines.push(format!(r#"{{"type":"ENDED","contactId":"{id}"}}"#));
@@ -192,16 +193,67 @@ pub async fn run(exe: &Path, options: &FaultOptions) -> anyhow::Result<FaultRepo
 
 /// One call's log as the invariants see it.
 #[derive(Default)]
-struct CallLog {
-    utterances: Vec<String>,
-    judged: Vec<String>,
-    skipped: HashSet<String>,
-    escalations: usize,
-    attribute_sets: usize,
-    summaries: Vec<u32>,
+pub(super) struct CallLog {
+    /// Segment ids of the utterances stored, in order.
+    pub utterances: Vec<String>,
+    /// Segment ids judged (each judgement's own and those coalesced into it).
+    pub judged: Vec<String>,
+    /// Segment ids recorded as skipped.
+    pub skipped: HashSet<String>,
+    /// Escalations raised.
+    pub escalations: usize,
+    /// Escalations and clearances that set contact attributes.
+    pub attribute_sets: usize,
+    /// Summary versions generated.
+    pub summaries: Vec<u32>,
 }
 
-async fn call_log(store: &dyn EventStore, contact: &str) -> anyhow::Result<CallLog> {
+/// What one call's log shows against the segments the stream sent for it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct CallChecks {
+    /// Segments missing from the log.
+    pub lost: usize,
+    /// Utterances stored more than once.
+    pub duplicated: usize,
+    /// Utterances judged more than once.
+    pub judged_twice: usize,
+    /// Utterances neither judged nor recorded as skipped.
+    pub never_judged: usize,
+}
+
+impl CallLog {
+    /// Checks the log against `segments`, the ids the stream sent for the call.
+    pub(super) fn check(&self, segments: &[String]) -> CallChecks {
+        let stored: HashSet<&String> = self.utterances.iter().collect();
+        let judged: HashSet<&String> = self.judged.iter().collect();
+        CallChecks {
+            lost: segments.iter().filter(|s| !stored.contains(s)).count(),
+            duplicated: self.utterances.len() - stored.len(),
+            judged_twice: self.judged.len() - judged.len(),
+            never_judged: segments
+                .iter()
+                .filter(|s| !judged.contains(s) && !self.skipped.contains(*s))
+                .count(),
+        }
+    }
+}
+
+/// The segment ids the stream sends for each call.
+pub(super) fn segments_per_call(lines: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        let contact = value["contactId"].as_str().unwrap_or_default().to_string();
+        let entry = expected.entry(contact).or_default();
+        if let Some(segment) = value["segmentId"].as_str() {
+            entry.push(segment.to_string());
+        }
+    }
+    Ok(expected)
+}
+
+/// One call's log, read from `store`.
+pub(super) async fn call_log(store: &dyn EventStore, contact: &str) -> anyhow::Result<CallLog> {
     let mut log = CallLog::default();
     for stored in store.read(contact, SeqRange::all()).await? {
         match stored.decode()? {
@@ -243,15 +295,7 @@ async fn compare(
     calm: &DataDir,
     lines: &[String],
 ) -> anyhow::Result<FaultReport> {
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in lines {
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        let contact = value["contactId"].as_str().unwrap_or_default().to_string();
-        let entry = expected.entry(contact).or_default();
-        if let Some(segment) = value["segmentId"].as_str() {
-            entry.push(segment.to_string());
-        }
-    }
+    let expected = segments_per_call(lines)?;
     let (killed_store, _) = killed.stores()?;
     let (calm_store, _) = calm.stores()?;
     let updates = sink_updates(killed)?;
@@ -263,15 +307,11 @@ async fn compare(
     for (contact, segments) in &expected {
         let log = call_log(killed_store.as_ref(), contact).await?;
         let reference = call_log(calm_store.as_ref(), contact).await?;
-        let stored: HashSet<&String> = log.utterances.iter().collect();
-        report.utterances_lost += segments.iter().filter(|s| !stored.contains(s)).count();
-        report.utterances_duplicated += log.utterances.len() - stored.len();
-        let judged: HashSet<&String> = log.judged.iter().collect();
-        report.judged_twice += log.judged.len() - judged.len();
-        report.never_judged += segments
-            .iter()
-            .filter(|s| !judged.contains(s) && !log.skipped.contains(*s))
-            .count();
+        let checks = log.check(segments);
+        report.utterances_lost += checks.lost;
+        report.utterances_duplicated += checks.duplicated;
+        report.judged_twice += checks.judged_twice;
+        report.never_judged += checks.never_judged;
         report.escalations_differing += usize::from(log.escalations != reference.escalations);
         let received = updates.get(contact).copied().unwrap_or(0);
         report.attribute_updates_duplicated += received.saturating_sub(log.attribute_sets);
@@ -334,6 +374,7 @@ mod tests {
         assert_eq!(lines.len(), 12);
         assert!(lines[0].contains("f-0") && lines[1].contains("f-1"));
         assert!(lines[2].contains("ridiculous") && lines[3].contains("update my address"));
+        assert!(lines[2].contains("(ref f-0 u0)"), "{}", lines[2]);
         assert!(lines[11].contains("ENDED"));
     }
 }

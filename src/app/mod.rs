@@ -3,6 +3,7 @@
 
 pub mod faults;
 pub mod fleet;
+pub mod fleet_bench;
 pub mod query;
 pub mod replay;
 pub mod resend;

@@ -1,11 +1,12 @@
 //! What every AWS adapter shares: the SDK configuration (standard credential and region
-//! chain, per-service endpoint overrides for local testing), and, for tests, a moto server
-//! and a stub HTTP server that checks requests as AWS would receive them.
+//! chain, per-service endpoint overrides for local testing), and, for tests and the fleet
+//! benchmark, a moto server and a stub HTTP server that checks requests as AWS would
+//! receive them.
 
-#[cfg(test)]
 pub(crate) mod moto;
-#[cfg(test)]
 pub(crate) mod stub;
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,10 +21,25 @@ pub struct AwsEndpoint {
     pub endpoint_url: Option<String>,
 }
 
+/// Longest one attempt of an AWS call may take before it is given up (and retried, where
+/// the client retries): a connection that hangs never holds work in flight for good.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an AWS call may take, its retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest a new connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The SDK configuration for one service: credentials and region from the standard chain
-/// (environment, profile, SSO, instance role), with `endpoint`'s overrides.
+/// (environment, profile, SSO, instance role), with `endpoint`'s overrides, and timeouts
+/// on every call ([`ATTEMPT_TIMEOUT`], [`OPERATION_TIMEOUT`], [`CONNECT_TIMEOUT`]).
 pub async fn sdk_config(endpoint: &AwsEndpoint) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
     if let Some(region) = &endpoint.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
@@ -31,4 +47,18 @@ pub async fn sdk_config(endpoint: &AwsEndpoint) -> aws_config::SdkConfig {
         loader = loader.endpoint_url(url.clone());
     }
     loader.load().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_client_gives_up_on_a_call_that_hangs() {
+        let sdk = sdk_config(&AwsEndpoint::default()).await;
+        let timeouts = sdk.timeout_config().expect("timeouts set");
+        assert_eq!(timeouts.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
+        assert_eq!(timeouts.operation_timeout(), Some(OPERATION_TIMEOUT));
+        assert_eq!(timeouts.connect_timeout(), Some(CONNECT_TIMEOUT));
+    }
 }

@@ -51,9 +51,13 @@ fn start() -> String {
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server",
         parent = std::process::id()
     );
+    // Without our stdout and stderr: a caller reading this process's output to its end
+    // (a test running the bench) would otherwise wait for the watchdog too.
     let mut watchdog = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("starting moto's server (bash scripts/setup installs moto[server])");
     std::thread::spawn(move || watchdog.wait());

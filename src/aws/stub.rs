@@ -4,6 +4,7 @@
 //! (recorded-format bodies, throttling, errors).
 
 use std::sync::{Arc, Mutex};
+#[cfg(test)]
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -20,6 +21,7 @@ pub(crate) struct Received {
     /// The body.
     pub body: Vec<u8>,
     /// When it arrived.
+    #[cfg(test)]
     pub at: Instant,
 }
 
@@ -33,6 +35,7 @@ impl Received {
     }
 
     /// The body as JSON.
+    #[cfg(test)]
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
@@ -46,6 +49,26 @@ impl Received {
 }
 
 type Handler = dyn Fn(&Received, usize) -> HttpResponse + Send + Sync;
+
+/// Bedrock's Converse answer: the assistant says `text`.
+pub(crate) fn converse_answer(text: &str) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": 120, "outputTokens": 2, "totalTokens": 122},
+        "metrics": {"latencyMs": 80}
+    }))
+}
+
+/// Bedrock's InvokeModel answer for a Llama 3 body: the model generates `generation`.
+pub(crate) fn llama_answer(generation: &str) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "generation": generation,
+        "prompt_token_count": 900,
+        "generation_token_count": 60,
+        "stop_reason": "stop"
+    }))
+}
 
 /// A running stub.
 pub(crate) struct Stub {
@@ -80,6 +103,7 @@ impl Stub {
                             })
                             .collect(),
                         body: body.to_vec(),
+                        #[cfg(test)]
                         at: Instant::now(),
                     };
                     let index = {
@@ -112,6 +136,7 @@ impl Stub {
     }
 
     /// The most requests that arrived within any `window`: what a rate limit caps.
+    #[cfg(test)]
     pub fn busiest(&self, window: Duration) -> usize {
         let times: Vec<Instant> = self.received().iter().map(|r| r.at).collect();
         (0..times.len())

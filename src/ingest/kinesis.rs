@@ -6,6 +6,7 @@
 //! lease moving to another worker re-reads at most the batch in progress, and re-reading is
 //! harmless: records already in the log are not appended twice.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,8 @@ enum ReaderEnd {
 /// A lease this worker holds.
 struct Held {
     shard_id: String,
+    /// The shard as listed (its hash range says which contacts are its own).
+    shard: Option<ShardInfo>,
     token: String,
     cancel: CancellationToken,
     /// Cancelled when another worker claims the lease: the reader stops, the shard's
@@ -211,6 +214,9 @@ impl KinesisSource {
     /// `stop` each shard's batch in progress is finished and checkpointed, the pipeline
     /// settles (at most `settle_timeout`), and only then are the leases given back, renewed
     /// all the while, so that no other worker redoes work this one still has in flight.
+    ///
+    /// Lease upkeep and the readers run side by side: a slow round of one never holds the
+    /// other back (a reader waiting on the log must not let its leases expire).
     pub async fn run(
         &self,
         pipeline: &Pipeline,
@@ -219,97 +225,22 @@ impl KinesisSource {
         settle_timeout: Duration,
         stop: CancellationToken,
     ) -> FeedStats {
-        let router = &pipeline.router;
         let feeding = Feeding {
             pipeline,
             rejects,
             max_in_flight,
             settle_timeout,
         };
-        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
-        let mut planner = LeasePlanner::new(&self.me, lease_duration);
-        let mut held: HashMap<String, Held> = HashMap::new();
-        let mut readers: FuturesUnordered<Reader<'_>> = FuturesUnordered::new();
-        let mut stats = FeedStats::default();
-        let mut tick = tokio::time::interval(lease_duration / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut synced: Option<Instant> = None;
-        let mut shards: HashMap<String, ShardInfo> = HashMap::new();
-        let mut stopping = false;
+        let held: RefCell<HashMap<String, Held>> = RefCell::new(HashMap::new());
+        let settled = CancellationToken::new();
+        let (taken_tx, taken_rx) = mpsc::unbounded_channel();
         tracing::info!(worker = %self.me, stream = %self.config.stream, "reading Kinesis");
-        loop {
-            tokio::select! {
-                () = stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    for lease in held.values() {
-                        lease.cancel.cancel();
-                    }
-                }
-                Some((key, end, read)) = readers.next() => {
-                    stats += read;
-                    self.reader_ended(router, &mut held, &shards, &key, end).await;
-                }
-                _ = tick.tick() => {
-                    metrics().kinesis_leases_held.set(held.len() as i64);
-                    if stopping {
-                        self.renew_held(&mut held).await;
-                        continue;
-                    }
-                    let taken = self
-                        .keep_leases(&mut planner, &mut held, &mut synced, &mut shards)
-                        .await
-                        .unwrap_or_else(|e| {
-                            tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
-                            Vec::new()
-                        });
-                    let ours: Vec<ShardInfo> = taken
-                        .iter()
-                        .filter_map(|lease| shards.get(&lease.shard_id).cloned())
-                        .collect();
-                    if !ours.is_empty() {
-                        match pipeline
-                            .resume_unfinished_where(|id| ours.iter().any(|s| s.holds(id)))
-                            .await
-                        {
-                            Ok(n) => tracing::info!(shards = ours.len(), contacts = n, "resumed the unfinished contacts of the shards taken"),
-                            Err(e) => tracing::error!(error = %e, "resuming the contacts of the shards taken failed; they resume with their next record"),
-                        }
-                    }
-                    for lease in taken {
-                        let token = lease.token.clone().expect("a taken lease has a token");
-                        let (cancel, hand_over) = (stop.child_token(), CancellationToken::new());
-                        held.insert(lease.key.clone(), Held {
-                            shard_id: lease.shard_id.clone(),
-                            token,
-                            cancel: cancel.clone(),
-                            hand_over: hand_over.clone(),
-                            renewed: Instant::now(),
-                            lost: false,
-                        });
-                        let shard = shards.get(&lease.shard_id).cloned();
-                        readers.push(Box::pin(self.read_shard(lease, shard, cancel, hand_over, &feeding)));
-                    }
-                }
-            }
-            if stopping && readers.is_empty() {
-                break;
-            }
-        }
-        // Every reader has stopped; what the pipeline owes is finished before anyone else
-        // may take the leases.
-        let settling = pipeline.settle(settle_timeout);
-        tokio::pin!(settling);
-        loop {
-            tokio::select! {
-                settled = &mut settling => {
-                    if let Err(e) = settled {
-                        tracing::warn!(error = %e, "settling before giving the leases back failed");
-                    }
-                    break;
-                }
-                _ = tick.tick() => self.renew_held(&mut held).await,
-            }
-        }
+        let ((), stats) = tokio::join!(
+            self.upkeep(&held, taken_tx, &stop, &settled),
+            self.drive(&held, taken_rx, &feeding, &stop, &settled),
+        );
+        let held = held.into_inner();
+        tracing::info!(leases = held.len(), "settled; giving the leases back");
         for (key, lease) in held {
             if !lease.lost {
                 self.give_back(&key, &lease.token).await;
@@ -319,30 +250,151 @@ impl KinesisSource {
         stats
     }
 
+    /// Lease upkeep, every third of a lease duration: until `stop` renews, adds and takes
+    /// leases (sending those taken, with their shards, on `taken`); then only renews what
+    /// is held, until the pipeline has `settled`.
+    async fn upkeep(
+        &self,
+        held: &RefCell<HashMap<String, Held>>,
+        taken: mpsc::UnboundedSender<(Lease, Option<ShardInfo>)>,
+        stop: &CancellationToken,
+        settled: &CancellationToken,
+    ) {
+        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
+        let mut planner = LeasePlanner::new(&self.me, lease_duration);
+        let mut tick = tokio::time::interval(lease_duration / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut synced: Option<Instant> = None;
+        let mut shards: HashMap<String, ShardInfo> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = settled.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            metrics()
+                .kinesis_leases_held
+                .set(held.borrow().len() as i64);
+            if stop.is_cancelled() {
+                self.renew_held(held).await;
+                continue;
+            }
+            let round = self
+                .keep_leases(&mut planner, held, &mut synced, &mut shards)
+                .await;
+            for lease in round.unwrap_or_else(|e| {
+                tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
+                Vec::new()
+            }) {
+                let shard = shards.get(&lease.shard_id).cloned();
+                taken.send((lease, shard)).ok();
+            }
+        }
+    }
+
+    /// Starts a reader (and the resumption of the unfinished contacts) for every lease
+    /// taken, handles the end of each reader, and on `stop` waits for the readers, then for
+    /// the pipeline to settle (`settled` then).
+    async fn drive(
+        &self,
+        held: &RefCell<HashMap<String, Held>>,
+        mut taken: mpsc::UnboundedReceiver<(Lease, Option<ShardInfo>)>,
+        feeding: &Feeding<'_>,
+        stop: &CancellationToken,
+        settled: &CancellationToken,
+    ) -> FeedStats {
+        let pipeline = feeding.pipeline;
+        let mut readers: FuturesUnordered<Reader<'_>> = FuturesUnordered::new();
+        let mut resuming: FuturesUnordered<LocalBoxFuture<'_, ()>> = FuturesUnordered::new();
+        let mut stats = FeedStats::default();
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    for lease in held.borrow().values() {
+                        lease.cancel.cancel();
+                    }
+                }
+                Some((key, end, read)) = readers.next() => {
+                    stats += read;
+                    self.reader_ended(&pipeline.router, held, &key, end).await;
+                }
+                Some(()) = resuming.next() => {}
+                Some((lease, shard)) = taken.recv() => {
+                    let token = lease.token.clone().expect("a taken lease has a token");
+                    let (cancel, hand_over) = (stop.child_token(), CancellationToken::new());
+                    held.borrow_mut().insert(lease.key.clone(), Held {
+                        shard_id: lease.shard_id.clone(),
+                        shard: shard.clone(),
+                        token,
+                        cancel: cancel.clone(),
+                        hand_over: hand_over.clone(),
+                        renewed: Instant::now(),
+                        lost: false,
+                    });
+                    if stopping {
+                        continue;
+                    }
+                    if let Some(ours) = shard.clone() {
+                        // Beside the reader: catching the read models up can take a while.
+                        // Resumed only if the shard is still read here by then (its release
+                        // comes after, in the router's order).
+                        let reading = cancel.clone();
+                        resuming.push(Box::pin(async move {
+                            match pipeline.unfinished_where(|id| ours.holds(id)).await {
+                                Ok(ids) if !reading.is_cancelled() => pipeline.resume(ids),
+                                Ok(_) => {}
+                                Err(e) => tracing::error!(shard = %ours.shard_id, error = %e, "resuming the contacts of a shard taken failed; they resume with their next record"),
+                            }
+                        }));
+                    }
+                    readers.push(Box::pin(self.read_shard(lease, shard, cancel, hand_over, feeding)));
+                }
+            }
+            if stopping && readers.is_empty() {
+                break;
+            }
+        }
+        // Every reader has stopped; what the pipeline owes is finished before anyone else
+        // may take the leases.
+        tracing::info!("every shard reader stopped; settling before giving the leases back");
+        match pipeline.drain_where(|_| true, feeding.settle_timeout).await {
+            Ok(0) => {}
+            Ok(owing) => {
+                tracing::warn!(
+                    contacts = owing,
+                    "giving the leases back with work still owed; the next owners redo it"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "settling before giving the leases back failed"),
+        }
+        settled.cancel();
+        stats
+    }
+
     /// A shard reader ended: the contacts of a shard no longer read here are stopped, then
     /// a lease still held is given back (one stopped by `stop` stays held until the
     /// pipeline has settled).
     async fn reader_ended(
         &self,
         router: &Addr<ContactRouter>,
-        held: &mut HashMap<String, Held>,
-        shards: &HashMap<String, ShardInfo>,
+        held: &RefCell<HashMap<String, Held>>,
         key: &str,
         end: ReaderEnd,
     ) {
-        let Some(lease) = held.remove(key) else {
+        let Some(lease) = held.borrow_mut().remove(key) else {
             return;
         };
         let moved = end == ReaderEnd::Lost || lease.lost;
         if end == ReaderEnd::Stopped && !moved {
-            held.insert(key.to_string(), lease);
+            held.borrow_mut().insert(key.to_string(), lease);
             return;
         }
         metrics()
             .kinesis_millis_behind
             .remove_label_values(&[lease.shard_id.as_str()])
             .ok();
-        if let Some(shard) = shards.get(&lease.shard_id).cloned() {
+        if let Some(shard) = lease.shard.clone() {
             let stopped = router
                 .send(Release(Box::new(move |id| shard.holds(id))))
                 .await
@@ -362,13 +414,21 @@ impl KinesisSource {
 
     /// Renews every lease held: a lease taken over (or not renewed for a lease duration)
     /// stops its reader; one claimed by another worker starts its hand-over.
-    async fn renew_held(&self, held: &mut HashMap<String, Held>) {
+    async fn renew_held(&self, held: &RefCell<HashMap<String, Held>>) {
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
-        for (key, lease) in held.iter_mut() {
-            if lease.lost {
+        let due: Vec<(String, String)> = held
+            .borrow()
+            .iter()
+            .filter(|(_, lease)| !lease.lost)
+            .map(|(key, lease)| (key.clone(), lease.token.clone()))
+            .collect();
+        for (key, token) in due {
+            let renewal = self.leases.renew(&key, &token).await;
+            let mut held = held.borrow_mut();
+            let Some(lease) = held.get_mut(&key) else {
                 continue;
-            }
-            match self.leases.renew(key, &lease.token).await {
+            };
+            match renewal {
                 Ok(Renewal::Kept) => lease.renewed = Instant::now(),
                 Ok(Renewal::Claimed(by)) => {
                     lease.renewed = Instant::now();
@@ -400,7 +460,7 @@ impl KinesisSource {
     async fn keep_leases(
         &self,
         planner: &mut LeasePlanner,
-        held: &mut HashMap<String, Held>,
+        held: &RefCell<HashMap<String, Held>>,
         synced: &mut Option<Instant>,
         known: &mut HashMap<String, ShardInfo>,
     ) -> anyhow::Result<Vec<Lease>> {
@@ -414,36 +474,48 @@ impl KinesisSource {
             known.extend(shards.into_iter().map(|s| (s.shard_id.clone(), s)));
             *synced = Some(Instant::now());
         }
-        let table = self.leases.list().await?;
-        let keys: HashSet<String> = held.keys().cloned().collect();
-        let mut taken = Vec::new();
-        for take in planner.plan(&table, &keys, Instant::now()) {
-            if let Some(owner) = &take.claim_from {
-                if self.leases.claim(&take.key, owner, &self.me).await? {
-                    tracing::info!(lease = %take.key, from = %owner, "lease claimed; its owner hands it over");
-                }
-                continue;
-            }
-            let token = uuid::Uuid::now_v7().to_string();
-            // From another worker: an expired owner, or one that handed it over to me.
-            let from = table.iter().find(|l| l.key == take.key).and_then(|l| {
-                l.owner
-                    .clone()
-                    .or_else(|| l.claimant.as_ref().map(|_| "(handed over)".to_string()))
-            });
-            match self
-                .leases
-                .take(&take.key, take.seen, &self.me, &token)
-                .await?
-            {
-                Some(lease) => {
-                    if from.is_some() {
-                        metrics().kinesis_lease_takeovers.inc();
+        let mut taken: Vec<Lease> = Vec::new();
+        // A second pass at once when another worker took a lease first (workers that saw the
+        // same lease expire), instead of waiting a round for the next one.
+        for _ in 0..2 {
+            let table = self.leases.list().await?;
+            let mut keys: HashSet<String> = held.borrow().keys().cloned().collect();
+            keys.extend(taken.iter().map(|l| l.key.clone()));
+            let mut beaten = false;
+            for take in planner.plan(&table, &keys, Instant::now()) {
+                if let Some(owner) = &take.claim_from {
+                    if self.leases.claim(&take.key, owner, &self.me).await? {
+                        tracing::info!(lease = %take.key, from = %owner, "lease claimed; its owner hands it over");
                     }
-                    tracing::info!(lease = %lease.key, checkpoint = %lease.checkpoint, ?from, "lease taken");
-                    taken.push(lease);
+                    continue;
                 }
-                None => tracing::debug!(lease = %take.key, "another worker moved first"),
+                let token = uuid::Uuid::now_v7().to_string();
+                // From another worker: an expired owner, or one that handed it over to me.
+                let from = table.iter().find(|l| l.key == take.key).and_then(|l| {
+                    l.owner
+                        .clone()
+                        .or_else(|| l.claimant.as_ref().map(|_| "(handed over)".to_string()))
+                });
+                match self
+                    .leases
+                    .take(&take.key, take.seen, &self.me, &token)
+                    .await?
+                {
+                    Some(lease) => {
+                        if from.is_some() {
+                            metrics().kinesis_lease_takeovers.inc();
+                        }
+                        tracing::info!(lease = %lease.key, checkpoint = %lease.checkpoint, ?from, "lease taken");
+                        taken.push(lease);
+                    }
+                    None => {
+                        tracing::debug!(lease = %take.key, "another worker moved first");
+                        beaten = true;
+                    }
+                }
+            }
+            if !beaten {
+                break;
             }
         }
         Ok(taken)

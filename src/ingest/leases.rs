@@ -25,6 +25,7 @@ use anyhow::Context;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ScalarAttributeType};
+use rand::seq::SliceRandom;
 
 use crate::store::dynamodb::{create_table, s};
 
@@ -500,9 +501,12 @@ impl LeasePlanner {
         let share = readable.len().div_ceil(workers);
         let mine = load.get(me).map_or(0, Vec::len);
         let need = share.saturating_sub(mine);
-        let mut takes: Vec<Take> = readable
-            .iter()
-            .filter(|l| available(l))
+        // In random order, so that workers looking at the same table at once (after a
+        // worker died) go for different leases instead of racing for the first.
+        let mut free: Vec<&&Lease> = readable.iter().filter(|l| available(l)).collect();
+        free.shuffle(&mut rand::rng());
+        let mut takes: Vec<Take> = free
+            .into_iter()
             .take(need)
             .map(|l| Take {
                 key: l.key.clone(),
@@ -601,8 +605,17 @@ mod tests {
         }
     }
 
+    /// The leases taken, in key order (free ones are taken in random order), then the one
+    /// claimed.
     fn keys(takes: &[Take]) -> Vec<&str> {
-        takes.iter().map(|t| t.key.as_str()).collect()
+        let (mut taken, claimed): (Vec<&Take>, Vec<&Take>) =
+            takes.iter().partition(|t| t.claim_from.is_none());
+        taken.sort_by(|a, b| a.key.cmp(&b.key));
+        taken
+            .iter()
+            .chain(&claimed)
+            .map(|t| t.key.as_str())
+            .collect()
     }
 
     fn held(keys: &[&str]) -> HashSet<String> {
