@@ -357,32 +357,7 @@ enum BenchWhat {
     /// `moto[server]`): workers reading one Kinesis stream while one is SIGKILLed, another
     /// joins and a shard splits; then checked from the log, the Connect and Bedrock stubs
     /// and the bucket (exit status 1 if an invariant broke); then one worker's records/s.
-    Fleet {
-        /// Calls in the stream (every other one angry).
-        #[arg(long, default_value_t = 200)]
-        calls: usize,
-        /// Utterances per call, customer and agent in turn.
-        #[arg(long, default_value_t = 6)]
-        utterances: usize,
-        /// Shards at the start.
-        #[arg(long, default_value_t = 4)]
-        shards: i32,
-        /// Workers at the start.
-        #[arg(long, default_value_t = 3)]
-        workers: usize,
-        /// The workers' lease duration, ms.
-        #[arg(long, default_value_t = 10000)]
-        lease_ms: u64,
-        /// How long putting the stream takes, s.
-        #[arg(long, default_value_t = 30)]
-        put_secs: u64,
-        /// Records for the throughput phase (0: skip it).
-        #[arg(long, default_value_t = 20000)]
-        throughput_records: usize,
-        /// Keep the run's folder (worker configs and logs) here.
-        #[arg(long)]
-        keep: Option<PathBuf>,
-    },
+    Fleet(callpulse::app::fleet_bench::FleetOptions),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -779,29 +754,10 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             print_verdict(&report, report.is_clean())?;
         }
         Command::Bench {
-            what:
-                BenchWhat::Fleet {
-                    calls,
-                    utterances,
-                    shards,
-                    workers,
-                    lease_ms,
-                    put_secs,
-                    throughput_records,
-                    keep,
-                },
+            what: BenchWhat::Fleet(options),
         } => {
-            let options = callpulse::app::fleet_bench::FleetOptions {
-                calls,
-                utterances,
-                shards,
-                workers,
-                lease_ms,
-                put_secs,
-                throughput_records,
-            };
             let exe = std::env::current_exe().context("finding the callpulse binary")?;
-            let report = callpulse::app::fleet_bench::run(&exe, &options, keep.as_deref()).await?;
+            let report = callpulse::app::fleet_bench::run(&exe, &options).await?;
             print_verdict(&report, report.is_clean())?;
         }
         Command::Bench {

@@ -35,23 +35,33 @@ use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
 use crate::ingest::kinesis::KinesisConfig;
 use crate::ingest::leases::{Lease, LeaseTable, SHARD_END, hash_key};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the options of `callpulse bench fleet`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct FleetOptions {
     /// Calls in the stream (every other one angry).
+    #[arg(long, default_value_t = 200)]
     pub calls: usize,
-    /// Customer and agent utterances per call.
+    /// Utterances per call, customer and agent in turn.
+    #[arg(long, default_value_t = 6)]
     pub utterances: usize,
-    /// Shards of the stream at the start.
+    /// Shards at the start.
+    #[arg(long, default_value_t = 4)]
     pub shards: i32,
     /// Workers at the start (one is killed, one joins later).
+    #[arg(long, default_value_t = 3)]
     pub workers: usize,
     /// The workers' lease duration, ms.
+    #[arg(long, default_value_t = 10_000)]
     pub lease_ms: u64,
     /// How long putting the stream takes, s.
+    #[arg(long, default_value_t = 30)]
     pub put_secs: u64,
-    /// Records put beforehand for the throughput phase (0: no throughput phase).
+    /// Records put beforehand for the throughput phase (0: skip it).
+    #[arg(long, default_value_t = 20_000)]
     pub throughput_records: usize,
+    /// Keep the run's folder (worker configs and logs) here.
+    #[arg(long)]
+    pub keep: Option<std::path::PathBuf>,
 }
 
 /// What the harness found.
@@ -410,12 +420,9 @@ async fn wait_for_leases(
 }
 
 /// Runs the harness with the `callpulse` binary `exe`, in a fresh temporary directory
-/// (kept, with every worker's log, when `keep` is set).
-pub async fn run(
-    exe: &Path,
-    options: &FleetOptions,
-    keep: Option<&Path>,
-) -> anyhow::Result<FleetReport> {
+/// (or in `options.keep`, kept with every worker's log).
+pub async fn run(exe: &Path, options: &FleetOptions) -> anyhow::Result<FleetReport> {
+    let keep = options.keep.as_deref();
     let dir = match keep {
         Some(path) => {
             std::fs::create_dir_all(path)?;
