@@ -248,6 +248,9 @@ fn fleet_config(names: &Names, bedrock: &str, connect: &str, lease_ms: u64) -> C
         endpoint: moto_endpoint.clone(),
     });
     config.pipeline.idle_timeout_secs = 3600;
+    // moto answers every read-model catch-up with a scan of the whole table: catching up
+    // every 2 s (default 0.5 s) keeps four workers from saturating it.
+    config.pipeline.projector_interval_ms = 2_000;
     config.kinesis = Some(kinesis_config(names, lease_ms));
     config
 }
@@ -263,7 +266,7 @@ fn kinesis_config(names: &Names, lease_ms: u64) -> KinesisConfig {
         lease_table: names.leases.clone(),
         lease_duration_ms: lease_ms,
         shard_sync_ms: 1_000,
-        idle_poll_ms: 100,
+        idle_poll_ms: 250,
         endpoint: moto_endpoint.clone(),
         lease_endpoint: moto_endpoint,
         ..KinesisConfig::default()
@@ -317,6 +320,22 @@ fn spawn_worker(exe: &Path, dir: &Path, config: &Config, id: &str) -> anyhow::Re
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting worker {id}"))
+}
+
+/// The worker processes of a run, by id; any still running when this is dropped (the
+/// harness failed half-way) are killed.
+#[derive(Default)]
+struct Workers(BTreeMap<String, Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in self.0.values_mut() {
+            if child.try_wait().is_ok_and(|status| status.is_none()) {
+                child.kill().ok();
+                child.wait().ok();
+            }
+        }
+    }
 }
 
 /// Sends SIGTERM to `child` (a graceful stop: settle, then give the leases back).
@@ -493,10 +512,12 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
 
     let lines: Vec<String> = stream(options.calls, options.utterances);
     let started = Instant::now();
-    let mut workers: BTreeMap<String, Child> = BTreeMap::new();
+    let mut workers = Workers::default();
     for n in 1..=options.workers {
         let id = format!("w-{n}");
-        workers.insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
+        workers
+            .0
+            .insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
     }
     let mut report = FleetReport {
         calls: options.calls,
@@ -547,7 +568,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
                 .max_by_key(|(_, l)| l.len())
                 .context("nobody holds a lease")?;
             let victim = victim.to_string();
-            let mut child = workers.remove(&victim).context("the victim's process")?;
+            let mut child = workers.0.remove(&victim).context("the victim's process")?;
             child.kill()?;
             child.wait()?;
             victim_ranges = shard_ranges(&kinesis, &names.stream, &theirs).await?;
@@ -556,7 +577,9 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
         }
         if i == join_at {
             let id = format!("w-{}", options.workers + 1);
-            workers.insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
+            workers
+                .0
+                .insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
         }
         if i == split_at {
             split_a_shard(&kinesis, &names.stream).await?;
@@ -586,10 +609,10 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
     while summaries_in(&s3, &names.bucket).await? < options.calls && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for child in workers.values() {
+    for child in workers.0.values() {
         terminate(child)?;
     }
-    for (id, child) in &mut workers {
+    for (id, child) in &mut workers.0 {
         let status = child.wait()?;
         if !status.success() {
             tracing::warn!(worker = %id, %status, "a worker stopped with an error");
@@ -788,7 +811,13 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     let tips = stream_tips(&kinesis, &names.stream).await?;
     let plain = lines.len() as f64 / read.elapsed().as_secs_f64();
     let start = Instant::now();
-    let child = spawn_worker(exe, dir, &config, "throughput")?;
+    let mut worker = Workers::default();
+    let child = worker.0.entry("throughput".into()).or_insert(spawn_worker(
+        exe,
+        dir,
+        &config,
+        "throughput",
+    )?);
     let reached = |table: &[Lease]| {
         tips.iter().all(|(shard, tip)| {
             table
@@ -798,8 +827,7 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     };
     let done = wait_for_leases(&leases, Duration::from_secs(600), reached).await?;
     let seconds = start.elapsed().as_secs_f64();
-    terminate(&child)?;
-    let mut child = child;
+    terminate(child)?;
     child.wait()?;
     anyhow::ensure!(done, "the throughput worker never reached the stream's end");
     Ok(((lines.len() as f64 / seconds) as u64, plain as u64))

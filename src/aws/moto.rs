@@ -48,7 +48,7 @@ fn start() -> String {
     // A watchdog shell stops the server when this test process is gone.
     let script = format!(
         "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
-         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server",
+         while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 $server",
         parent = std::process::id()
     );
     // Without our stdout and stderr: a caller reading this process's output to its end
