@@ -450,7 +450,8 @@ impl LeasePlanner {
     /// The leases to take now, given the table (`leases`, read at `now`) and the keys this
     /// worker holds. Aims at an even share of the readable shards among live workers: takes
     /// free and expired leases up to that share, and when none is left claims one lease
-    /// from the busiest worker holding more than the share (one claim at a time).
+    /// from the busiest worker, if it holds at least two more than this one (one claim at
+    /// a time).
     pub fn plan(&mut self, leases: &[Lease], held: &HashSet<String>, now: Instant) -> Vec<Take> {
         self.seen
             .retain(|key, _| leases.iter().any(|l| &l.key == key));
@@ -522,8 +523,11 @@ impl LeasePlanner {
                 .iter()
                 .filter(|(worker, _)| **worker != me)
                 .max_by_key(|(_, leases)| leases.len());
+            // Moving one lease must narrow the gap, so an odd one out never moves back and
+            // forth: the busiest holds at least two more than this worker.
+            let after = mine + takes.len();
             if let Some((_, leases)) = busiest
-                && leases.len() > share
+                && leases.len() > after + 1
                 && let Some(victim) = leases.iter().find(|l| l.claimant.is_none())
             {
                 takes.push(Take {
@@ -714,6 +718,30 @@ mod tests {
         assert!(a.plan(&leases, &held(&[]), start).is_empty());
         let takes = a.plan(&leases, &held(&[]), start + 11 * SECOND);
         assert_eq!(keys(&takes), ["s/1"]);
+    }
+
+    #[test]
+    fn a_worker_left_with_nothing_claims_from_one_holding_two_of_four_shards_among_three() {
+        let mut c = LeasePlanner::new("c", 10 * SECOND);
+        let leases = [
+            lease("1", Some("a"), 1, "1"),
+            lease("2", Some("a"), 1, "1"),
+            lease("3", Some("b"), 1, "1"),
+            lease("4", Some("b"), 1, "1"),
+        ];
+        let takes = c.plan(&leases, &held(&[]), Instant::now());
+        assert_eq!(takes.len(), 1, "{takes:?}");
+        assert!(takes[0].claim_from.is_some());
+        // Two, one and one: nobody moves.
+        let mut a = LeasePlanner::new("a", 10 * SECOND);
+        let mut spread = leases.clone();
+        spread[3] = lease("4", Some("c"), 1, "1");
+        assert!(
+            a.plan(&spread, &held(&["s/1", "s/2"]), Instant::now())
+                .is_empty()
+        );
+        let mut b = LeasePlanner::new("b", 10 * SECOND);
+        assert!(b.plan(&spread, &held(&["s/3"]), Instant::now()).is_empty());
     }
 
     #[test]
