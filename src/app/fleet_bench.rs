@@ -796,6 +796,8 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     let mut config = Config::default();
     config.models.backend = Backend::StandIn;
     config.models.stand_in_latency_ms = 0;
+    // As in `bench pipeline`: the pipeline is measured, not the 5/s Connect quota.
+    config.attributes.requests_per_second = 0;
     config.kinesis = Some(KinesisConfig {
         max_records: 10_000,
         idle_poll_ms: 50,
