@@ -22,6 +22,8 @@ pub struct ShardStatus {
     pub parents: Vec<String>,
     /// The worker holding its lease (none: free, or no lease yet).
     pub owner: Option<String>,
+    /// The worker the lease is being handed over to, if any.
+    pub claimant: Option<String>,
     /// Where its reading stands: a sequence number, `TRIM_HORIZON`, `LATEST` or `SHARD_END`.
     pub checkpoint: Option<String>,
     /// How far the checkpoint is behind the stream's tip, ms (none once read to its end).
@@ -51,6 +53,7 @@ pub async fn status(
             shard_id: shard.shard_id,
             parents: shard.parents,
             owner: lease.as_ref().and_then(|l| l.owner.clone()),
+            claimant: lease.as_ref().and_then(|l| l.claimant.clone()),
             checkpoint: lease.map(|l| l.checkpoint),
             millis_behind,
         })
@@ -90,6 +93,7 @@ pub fn write(shards: &[ShardStatus], format: Format, out: &mut dyn Write) -> any
             table.load_style(presets::UTF8_FULL_CONDENSED).set_header([
                 "Shard",
                 "Owner",
+                "Handing over to",
                 "Checkpoint",
                 "Behind (ms)",
                 "Unfinished contacts",
@@ -98,6 +102,7 @@ pub fn write(shards: &[ShardStatus], format: Format, out: &mut dyn Write) -> any
                 table.add_row([
                     s.shard_id.clone(),
                     s.owner.clone().unwrap_or_default(),
+                    s.claimant.clone().unwrap_or_default(),
                     s.checkpoint.clone().unwrap_or_else(|| "(no lease)".into()),
                     s.millis_behind.map_or_else(String::new, |m| m.to_string()),
                     s.unfinished_contacts.to_string(),

@@ -1110,6 +1110,11 @@ mod tests {
         let (source, shards) = leased_shards(&kinesis, &dynamo, &name, &lease_table, &leases).await;
         let key = format!("{name}/{}", shards[0].shard_id);
         leases.take(&key, 0, "w-1", "t").await.unwrap().unwrap();
+        assert!(leases.claim(&key, "w-1", "w-2").await.unwrap());
+        assert!(
+            !leases.claim(&key, "w-1", "w-3").await.unwrap(),
+            "one claim at a time"
+        );
         let open = contact_on(&shards[0]);
         put(&kinesis, &name, &call(&open), None).await;
         let events = crate::store::memory::MemoryEventStore::new();
@@ -1131,6 +1136,7 @@ mod tests {
         assert_eq!(status.len(), 2);
         let held = status.iter().find(|s| s.owner.is_some()).unwrap();
         assert_eq!(held.owner.as_deref(), Some("w-1"));
+        assert_eq!(held.claimant.as_deref(), Some("w-2"), "being handed over");
         assert_eq!(held.checkpoint.as_deref(), Some(TRIM_HORIZON));
         assert_eq!(held.unfinished_contacts, 1);
         assert!(
