@@ -77,6 +77,27 @@ impl Workspace {
         self.ok(&["run", "--input", input.to_str().unwrap()]);
     }
 
+    /// `run --listen` on a free port of 127.0.0.1, once it answers: its address and process.
+    fn serve(&self) -> (String, std::process::Child) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = self
+            .command(&["run", "--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while post(&addr, "/healthz", "").is_err() {
+            assert!(Instant::now() < deadline, "server never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (addr, child)
+    }
+
     fn contact(&self, id: &str) -> Value {
         serde_json::from_str(&self.ok(&["query", "contact", id, "--format", "json"])).unwrap()
     }
@@ -401,15 +422,7 @@ fn verify_catches_events_deleted_from_a_contacts_end_against_the_anchor() {
 #[test]
 fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first() {
     let ws = Workspace::stand_in(0);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut first = ws
-        .command(&["run", "--listen", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_server(&addr);
+    let (_, mut first) = ws.serve();
     let input = ws.write_input("calls.jsonl", &interleaved());
     let out = ws
         .command(&["run", "--input", input.to_str().unwrap()])
@@ -432,31 +445,10 @@ fn a_second_worker_on_the_same_data_directory_is_refused_naming_the_first() {
     ws.run(&input);
 }
 
-fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
-}
-
-/// Waits until `run --listen` answers at `addr`.
-fn wait_for_server(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while post(addr, "/healthz", "").is_err() {
-        assert!(Instant::now() < deadline, "server never answered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn acknowledged_http_records_survive_a_kill_right_after_the_answer() {
     let ws = Workspace::stand_in(0);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = ws
-        .command(&["run", "--listen", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_server(&addr);
+    let (addr, mut child) = ws.serve();
     let body: Vec<String> = (0..2_000)
         .map(|i| {
             format!(
@@ -574,26 +566,8 @@ fn events_in(db: &Path, kind: &str) -> bool {
 #[test]
 fn http_records_are_all_kept_through_a_graceful_shutdown() {
     let ws = Workspace::stand_in(20);
-    let port = {
-        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = ws
-        .command(&["run", "--listen", &addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let body = interleaved().join("\n");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let reply = loop {
-        match post(&addr, "/records", &body) {
-            Ok(reply) => break reply,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("server never answered: {e}"),
-        }
-    };
+    let (addr, mut child) = ws.serve();
+    let reply = post(&addr, "/records", &interleaved().join("\n")).unwrap();
     assert!(reply.starts_with("HTTP/1.1 20"), "{reply}");
     let pid = child.id().to_string();
     assert!(

@@ -294,42 +294,55 @@ impl Names {
     }
 }
 
-/// A worker process: `callpulse run --kinesis` as `id`, its log in `dir/<id>.log`.
-fn spawn_worker(exe: &Path, dir: &Path, config: &Config, id: &str) -> anyhow::Result<Child> {
-    let mut config = config.clone();
-    if let Some(kinesis) = &mut config.kinesis {
-        kinesis.worker_id = id.into();
-    }
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, toml::to_string(&config)?)?;
-    let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
-    Command::new(exe)
-        .arg("--data-dir")
-        .arg(dir.join(id))
-        .arg("--config")
-        .arg(&path)
-        .args(["run", "--kinesis"])
-        .env(
-            "CALLPULSE_LOG",
-            std::env::var("CALLPULSE_WORKER_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting worker {id}"))
+/// The worker processes of a run, by id, and how many were started; any still running
+/// when this is dropped (the harness failed half-way) are killed.
+#[derive(Default)]
+struct Workers {
+    running: BTreeMap<String, Child>,
+    started: usize,
 }
 
-/// The worker processes of a run, by id; any still running when this is dropped (the
-/// harness failed half-way) are killed.
-#[derive(Default)]
-struct Workers(BTreeMap<String, Child>);
+impl Workers {
+    /// Starts worker `id`: `callpulse run --kinesis` on `config`, its log in `dir/<id>.log`.
+    fn spawn(
+        &mut self,
+        exe: &Path,
+        dir: &Path,
+        config: &Config,
+        id: &str,
+    ) -> anyhow::Result<&mut Child> {
+        let mut config = config.clone();
+        if let Some(kinesis) = &mut config.kinesis {
+            kinesis.worker_id = id.into();
+        }
+        let path = dir.join(format!("{id}.toml"));
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
+        let child = Command::new(exe)
+            .arg("--data-dir")
+            .arg(dir.join(id))
+            .arg("--config")
+            .arg(&path)
+            .args(["run", "--kinesis"])
+            .env(
+                "CALLPULSE_LOG",
+                std::env::var("CALLPULSE_WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting worker {id}"))?;
+        self.started += 1;
+        Ok(self.running.entry(id.to_string()).or_insert(child))
+    }
+}
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for child in self.0.values_mut() {
+        for child in self.running.values_mut() {
             if child.try_wait().is_ok_and(|status| status.is_none()) {
                 child.kill().ok();
                 child.wait().ok();
@@ -514,10 +527,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
     let started = Instant::now();
     let mut workers = Workers::default();
     for n in 1..=options.workers {
-        let id = format!("w-{n}");
-        workers
-            .0
-            .insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
+        workers.spawn(exe, dir, &config, &format!("w-{n}"))?;
     }
     let mut report = FleetReport {
         calls: options.calls,
@@ -553,7 +563,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
         (batches.len() / 4, batches.len() / 2, batches.len() * 7 / 10);
     let mut killed: Option<(String, Vec<Lease>, Instant)> = None;
     let mut victim_ranges: Vec<(u128, u128)> = Vec::new();
-    let mut takeover: Option<Instant> = None;
+    let mut takeover: Option<chrono::DateTime<chrono::Utc>> = None;
     for (i, batch) in batches.iter().enumerate() {
         if i == kill_at {
             let table = leases.list().await?;
@@ -568,7 +578,10 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
                 .max_by_key(|(_, l)| l.len())
                 .context("nobody holds a lease")?;
             let victim = victim.to_string();
-            let mut child = workers.0.remove(&victim).context("the victim's process")?;
+            let mut child = workers
+                .running
+                .remove(&victim)
+                .context("the victim's process")?;
             child.kill()?;
             child.wait()?;
             victim_ranges = shard_ranges(&kinesis, &names.stream, &theirs).await?;
@@ -576,10 +589,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
             killed = Some((victim, theirs, Instant::now()));
         }
         if i == join_at {
-            let id = format!("w-{}", options.workers + 1);
-            workers
-                .0
-                .insert(id.clone(), spawn_worker(exe, dir, &config, &id)?);
+            workers.spawn(exe, dir, &config, &format!("w-{}", options.workers + 1))?;
         }
         if i == split_at {
             split_a_shard(&kinesis, &names.stream).await?;
@@ -589,7 +599,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
             && takeover.is_none()
             && taken_over(&leases.list().await?, victim, theirs)
         {
-            takeover = Some(Instant::now());
+            takeover = Some(chrono::Utc::now());
             report.failover_ms = at.elapsed().as_millis() as u64;
         }
         tokio::time::sleep(pause).await;
@@ -599,7 +609,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
     {
         let limit = Duration::from_millis(options.lease_ms * 4 + 30_000);
         if wait_for_leases(&leases, limit, |t| taken_over(t, victim, theirs)).await? {
-            takeover = Some(Instant::now());
+            takeover = Some(chrono::Utc::now());
             report.failover_ms = at.elapsed().as_millis() as u64;
         }
     }
@@ -609,16 +619,16 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
     while summaries_in(&s3, &names.bucket).await? < options.calls && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for child in workers.0.values() {
+    for child in workers.running.values() {
         terminate(child)?;
     }
-    for (id, child) in &mut workers.0 {
+    for (id, child) in &mut workers.running {
         let status = child.wait()?;
         if !status.success() {
             tracing::warn!(worker = %id, %status, "a worker stopped with an error");
         }
     }
-    report.workers_started = options.workers + 1;
+    report.workers_started = workers.started;
     report.seconds = started.elapsed().as_secs();
 
     let data = DataDir::open(dir.join("check"))?;
@@ -766,16 +776,13 @@ async fn summaries_in(s3: &aws_sdk_s3::Client, bucket: &str) -> anyhow::Result<u
 async fn summary_lag(
     store: &dyn crate::store::EventStore,
     contact: &str,
-    takeover: Instant,
+    takeover: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<u64> {
     let log = store.read(contact, crate::store::SeqRange::all()).await?;
     let at = |kind: &str| log.iter().find(|e| e.kind == kind).map(|e| e.recorded_at);
-    let since_takeover = chrono::Utc::now() - chrono::Duration::from_std(takeover.elapsed())?;
     Ok(match (at("ContactEnded"), at("SummaryGenerated")) {
-        (Some(ended), Some(summarised))
-            if ended < since_takeover && summarised > since_takeover =>
-        {
-            (summarised - since_takeover).num_milliseconds().max(0) as u64
+        (Some(ended), Some(summarised)) if ended < takeover && summarised > takeover => {
+            (summarised - takeover).num_milliseconds() as u64
         }
         _ => 0,
     })
@@ -814,12 +821,7 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     let plain = lines.len() as f64 / read.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut worker = Workers::default();
-    let child = worker.0.entry("throughput".into()).or_insert(spawn_worker(
-        exe,
-        dir,
-        &config,
-        "throughput",
-    )?);
+    let child = worker.spawn(exe, dir, &config, "throughput")?;
     let reached = |table: &[Lease]| {
         tips.iter().all(|(shard, tip)| {
             table

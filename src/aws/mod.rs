@@ -54,7 +54,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn every_client_gives_up_on_a_call_that_hangs() {
+    async fn every_client_has_call_and_connect_timeouts() {
         let sdk = sdk_config(&AwsEndpoint::default()).await;
         let timeouts = sdk.timeout_config().expect("timeouts set");
         assert_eq!(timeouts.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));

@@ -236,59 +236,43 @@ impl LeaseTable {
         owner: &str,
         token: &str,
     ) -> anyhow::Result<Option<Lease>> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(key))
-            .update_expression("SET #o = :o, #t = :t REMOVE #cl ADD #c :one")
-            .condition_expression("#c = :seen")
-            .expression_attribute_names("#o", OWNER)
-            .expression_attribute_names("#cl", CLAIMANT)
-            .expression_attribute_names("#t", TOKEN)
-            .expression_attribute_names("#c", COUNTER)
-            .expression_attribute_values(":o", s(owner))
-            .expression_attribute_values(":t", s(token))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":seen", AttributeValue::N(seen.to_string()))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match update {
-            Ok(out) => {
-                let item = out
-                    .attributes
-                    .context("UpdateItem returned no attributes")?;
-                Ok(Some(lease_from_item(&item)?))
-            }
-            Err(e) if condition_failed(&e) => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
-                .with_context(|| format!("taking lease {key}")),
-        }
+        let one = AttributeValue::N("1".into());
+        let seen = AttributeValue::N(seen.to_string());
+        self.update_if(
+            key,
+            "SET #o = :o, #t = :t REMOVE #cl ADD #c :one",
+            "#c = :seen",
+            &[
+                ("#o", OWNER),
+                ("#cl", CLAIMANT),
+                ("#t", TOKEN),
+                ("#c", COUNTER),
+            ],
+            &[
+                (":o", s(owner)),
+                (":t", s(token)),
+                (":one", one),
+                (":seen", seen),
+            ],
+        )
+        .await
+        .with_context(|| format!("taking lease {key}"))
     }
 
     /// Asks `owner`, the live holder of `key`, to hand it over to `me`; `false` when the
     /// owner changed or another worker claimed it first.
     pub async fn claim(&self, key: &str, owner: &str, me: &str) -> anyhow::Result<bool> {
-        let claim = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, s(key))
-            .update_expression("SET #cl = :me")
-            .condition_expression("#o = :owner AND attribute_not_exists(#cl)")
-            .expression_attribute_names("#o", OWNER)
-            .expression_attribute_names("#cl", CLAIMANT)
-            .expression_attribute_values(":owner", s(owner))
-            .expression_attribute_values(":me", s(me))
-            .send()
-            .await;
-        match claim {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
-            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
-                .with_context(|| format!("claiming lease {key}")),
-        }
+        let claimed = self
+            .update_if(
+                key,
+                "SET #cl = :me",
+                "#o = :owner AND attribute_not_exists(#cl)",
+                &[("#o", OWNER), ("#cl", CLAIMANT)],
+                &[(":owner", s(owner)), (":me", s(me))],
+            )
+            .await
+            .with_context(|| format!("claiming lease {key}"))?;
+        Ok(claimed.is_some())
     }
 
     /// Runs `update` (with its attribute `names` and `values`) on `key` if `token` still
@@ -301,16 +285,35 @@ impl LeaseTable {
         names: &[(&str, &str)],
         values: &[(&str, AttributeValue)],
     ) -> anyhow::Result<Option<Lease>> {
+        let names: Vec<(&str, &str)> = names.iter().copied().chain([("#t", TOKEN)]).collect();
+        let values: Vec<(&str, AttributeValue)> = values
+            .iter()
+            .cloned()
+            .chain([(":token", s(token))])
+            .collect();
+        self.update_if(key, update, "#t = :token", &names, &values)
+            .await
+            .with_context(|| format!("updating lease {key}"))
+    }
+
+    /// Runs `update` on `key` if `condition` holds: the lease as updated, or `None` when
+    /// the condition failed.
+    async fn update_if(
+        &self,
+        key: &str,
+        update: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: &[(&str, AttributeValue)],
+    ) -> anyhow::Result<Option<Lease>> {
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, s(key))
             .update_expression(update)
-            .condition_expression("#t = :token")
-            .return_values(ReturnValue::AllNew)
-            .expression_attribute_names("#t", TOKEN)
-            .expression_attribute_values(":token", s(token));
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllNew);
         for (placeholder, attribute) in names {
             request = request.expression_attribute_names(*placeholder, *attribute);
         }
@@ -325,8 +328,7 @@ impl LeaseTable {
                 Ok(Some(lease_from_item(&item)?))
             }
             Err(e) if condition_failed(&e) => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
-                .with_context(|| format!("updating lease {key}")),
+            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e))),
         }
     }
 
