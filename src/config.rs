@@ -42,13 +42,33 @@ pub struct Config {
 }
 
 /// The `[store]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite` (in the data directory) or `dynamodb`.
     pub kind: StoreKind,
+    /// Days a contact's idempotency keys are kept after it ended (SQLite), or after they
+    /// were written (DynamoDB's time to live). At least 1.
+    pub key_retention_days: u32,
     /// `[store.dynamodb]`: tables and endpoint.
     pub dynamodb: DynamoConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::default(),
+            key_retention_days: crate::store::DEFAULT_KEY_RETENTION_DAYS,
+            dynamodb: DynamoConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// How long idempotency keys are kept ([`StoreConfig::key_retention_days`]).
+    pub fn key_retention(&self) -> chrono::Duration {
+        chrono::Duration::days(self.key_retention_days.into())
+    }
 }
 
 /// Which event store.
@@ -157,6 +177,10 @@ impl Config {
             )
         })?;
         config.escalation.validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            config.store.key_retention_days >= 1,
+            "[store] key_retention_days must be at least 1"
+        );
         if config.store.kind == StoreKind::Dynamodb {
             config.store.dynamodb.validate()?;
         }

@@ -55,6 +55,9 @@ pub struct Metrics {
     /// `contacts_quarantined_total`: contacts whose log failed verification or decoding
     /// when loaded (their records are refused into the reject log).
     pub contacts_quarantined: IntCounter,
+    /// `idempotency_keys_forgotten_total`: idempotency keys of long-ended contacts dropped
+    /// from the event log (`[store] key_retention_days`).
+    pub idempotency_keys_forgotten: IntCounter,
     /// `kinesis_millis_behind{shard}`: how far this worker's reader of each leased shard is
     /// behind the stream's tip, as GetRecords reports it (removed once the shard is no
     /// longer read here).
@@ -183,6 +186,11 @@ impl Metrics {
                 r,
                 "contacts_quarantined_total",
                 "Contacts whose log failed verification or decoding when loaded",
+            ),
+            idempotency_keys_forgotten: counter(
+                r,
+                "idempotency_keys_forgotten_total",
+                "Idempotency keys of long-ended contacts dropped from the event log",
             ),
             kinesis_millis_behind: register(
                 r,

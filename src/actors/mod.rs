@@ -25,7 +25,7 @@ use self::projector::{CatchUp, Projector};
 use self::router::{ContactRouter, GetActivity, Resume, Selector, SetServices};
 use self::summaries::SummarySink;
 use crate::events::rules::EscalationRules;
-use crate::store::{ContactFilter, EventStore, ProjectionStore, StoreError};
+use crate::store::{EventStore, ProjectionStore, StoreError};
 
 /// The `[pipeline]` config table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,10 +183,10 @@ impl Pipeline {
         self.catch_up().await?;
         Ok(self
             .projections
-            .contacts(&ContactFilter::default())
+            .unfinished()
             .await?
             .into_iter()
-            .filter(|c| c.owes_work() && selects(&c.contact_id))
+            .filter(|c| selects(&c.contact_id))
             .map(|c| c.contact_id)
             .collect())
     }

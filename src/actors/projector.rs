@@ -136,6 +136,10 @@ mod tests {
             self.inner.contacts(filter).await
         }
 
+        async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError> {
+            self.inner.unfinished().await
+        }
+
         async fn reset(&self) -> Result<(), StoreError> {
             self.inner.reset().await
         }

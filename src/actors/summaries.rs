@@ -40,29 +40,27 @@ impl SummaryFolder {
 
     fn path(&self, contact_id: &str, version: u32, ext: &str) -> PathBuf {
         self.dir
-            .join(file_safe(contact_id))
+            .join(id_segment(contact_id))
             .join(format!("v{version}.{ext}"))
     }
 }
 
-/// Contact ids as file names: anything but letters, digits, `-`, `_` and `.` becomes `_`,
-/// and a leading dot is escaped, so no id can leave the folder.
-fn file_safe(id: &str) -> String {
-    let safe: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if safe.starts_with('.') {
-        format!("_{safe}")
-    } else {
-        safe
+/// A contact id as one folder name or key segment (the summary folder's and S3's): ASCII
+/// letters, digits, `-`, `_` and `.` (but not a leading dot, so no segment is `.` or `..`)
+/// stay, every other byte becomes `%XX`. Distinct ids give distinct segments, and a segment
+/// never holds a `/` from an id.
+pub fn id_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for (i, byte) in id.bytes().enumerate() {
+        let keep =
+            byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' || (byte == b'.' && i > 0);
+        if keep {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
     }
+    out
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees half a file.
@@ -130,9 +128,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn contact_ids_cannot_escape_the_folder() {
-        assert_eq!(file_safe("../../etc/passwd"), "_.._.._etc_passwd");
-        assert_eq!(file_safe("c-1_ok.v2"), "c-1_ok.v2");
-        assert_eq!(file_safe(".hidden"), "_.hidden");
+    fn contact_ids_become_single_distinct_segments() {
+        assert_eq!(
+            id_segment("2b7d1e0c-aa41-4f3e-9c1a-0d5e"),
+            "2b7d1e0c-aa41-4f3e-9c1a-0d5e"
+        );
+        assert_eq!(id_segment("../etc"), "%2E.%2Fetc");
+        assert_eq!(id_segment("a.b_c"), "a.b_c");
+        assert_eq!(id_segment(".hidden"), "%2Ehidden");
+        assert_eq!(id_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn distinct_contact_ids_get_distinct_folders() {
+        let folder = SummaryFolder::new("/s");
+        for (a, b) in [("a/b", "a_b"), ("c 1", "c_1"), ("é", "_"), ("x%2Fy", "x/y")] {
+            assert_ne!(
+                folder.path(a, 1, "json"),
+                folder.path(b, 1, "json"),
+                "{a} and {b}"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::query::Format;
 use crate::ingest::kinesis::KinesisSource;
-use crate::store::{ContactFilter, ContactRow, ProjectionStore};
+use crate::store::ProjectionStore;
 
 /// One shard as `fleet status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,10 +38,9 @@ pub async fn status(
     projections: &dyn ProjectionStore,
 ) -> anyhow::Result<Vec<ShardStatus>> {
     let unfinished: Vec<String> = projections
-        .contacts(&ContactFilter::default())
+        .unfinished()
         .await?
         .into_iter()
-        .filter(ContactRow::owes_work)
         .map(|c| c.contact_id)
         .collect();
     Ok(source

@@ -110,7 +110,7 @@ pub struct FleetReport {
     /// (work no live worker had in flight when it died: leases moved between live workers).
     pub model_calls_repeated_elsewhere: usize,
     /// Throughput phase: records read from Kinesis into the durable log per second, by one
-    /// worker (0 when not run).
+    /// worker, from its first lease to its last checkpoint (0 when not run).
     pub worker_records_per_second: u64,
     /// Throughput phase: records per second a plain GetRecords loop reads from the same
     /// stream, doing nothing with them (what the emulator itself gives).
@@ -790,8 +790,8 @@ async fn summary_lag(
 
 /// The throughput phase: `records` records (calls of 8 utterances) put beforehand on a
 /// 4-shard stream, read by one worker with the instant stand-in model and a SQLite log:
-/// records/s from its start to its checkpoints reaching the stream's end, and records/s of a
-/// plain read of the stream.
+/// records/s from its first lease to its checkpoints reaching the stream's end, and
+/// records/s of a plain read of the stream.
 async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u64, u64)> {
     let sdk = moto::config().await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
@@ -819,9 +819,13 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     let read = Instant::now();
     let tips = stream_tips(&kinesis, &names.stream).await?;
     let plain = lines.len() as f64 / read.elapsed().as_secs_f64();
-    let start = Instant::now();
     let mut worker = Workers::default();
     let child = worker.spawn(exe, dir, &config, "throughput")?;
+    // Timed from its first lease: the process start is not the pipeline's rate.
+    let taken = |table: &[Lease]| table.iter().any(|l| l.owner.is_some());
+    let started = wait_for_leases(&leases, Duration::from_secs(120), taken).await?;
+    anyhow::ensure!(started, "the throughput worker never took a lease");
+    let start = Instant::now();
     let reached = |table: &[Lease]| {
         tips.iter().all(|(shard, tip)| {
             table

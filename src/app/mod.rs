@@ -164,7 +164,10 @@ pub async fn stores(
             let dynamo = &config.store.dynamodb;
             let client = dynamo.client().await;
             Ok((
-                Arc::new(DynamoEventStore::new(client.clone(), &dynamo.events_table)),
+                Arc::new(
+                    DynamoEventStore::new(client.clone(), &dynamo.events_table)
+                        .with_key_retention(config.store.key_retention()),
+                ),
                 Arc::new(DynamoProjectionStore::new(
                     client,
                     &dynamo.projections_table,

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ingest::http;
 use crate::ingest::kinesis::KinesisSource;
 use crate::ingest::source::{Ingested, RejectLog, read_jsonl};
+use crate::metrics::metrics;
 use crate::models::CancellationToken;
 use crate::store::EventStore;
 use crate::store::anchor::Anchor;
@@ -142,12 +143,17 @@ pub async fn run(
         }
     };
     let every = Duration::from_secs(config.pipeline.anchor_interval_secs.max(1));
+    let retention = config.store.key_retention();
     let done = CancellationToken::new();
     let sealing = async {
+        forget_sources(store.as_ref(), retention).await;
         loop {
             tokio::select! {
                 () = done.cancelled() => break,
-                () = tokio::time::sleep(every) => seal(&mut anchor, store.as_ref()).await,
+                () = tokio::time::sleep(every) => {
+                    seal(&mut anchor, store.as_ref()).await;
+                    forget_sources(store.as_ref(), retention).await;
+                }
             }
         }
     };
@@ -171,6 +177,24 @@ async fn seal(anchor: &mut Anchor, store: &dyn EventStore) {
         Ok(n) => tracing::debug!(contacts = n, "anchor sealed"),
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), anchor = %anchor.path().display(), "sealing the anchor failed; retrying at the next interval")
+        }
+    }
+}
+
+/// Drops the idempotency keys of contacts that ended more than `retention` ago; a failure is
+/// logged and retried next time.
+async fn forget_sources(store: &dyn EventStore, retention: chrono::Duration) {
+    match store.forget_sources(chrono::Utc::now() - retention).await {
+        Ok(0) => {}
+        Ok(n) => {
+            metrics().idempotency_keys_forgotten.inc_by(n);
+            tracing::info!(
+                keys = n,
+                "forgot the idempotency keys of long-ended contacts"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "forgetting old idempotency keys failed; retrying at the next interval")
         }
     }
 }

@@ -299,6 +299,9 @@ pub enum Event {
     ModelCallSkipped(ModelCallSkipped),
 }
 
+/// The stored kind of [`Event::ContactEnded`] (stores look for it to know a contact ended).
+pub const CONTACT_ENDED: &str = "ContactEnded";
+
 impl Event {
     /// The kind's name, as stored and as shown by `query contact`.
     pub fn kind(&self) -> &'static str {
@@ -312,7 +315,7 @@ impl Event {
             Event::EscalationCleared(_) => "EscalationCleared",
             Event::AttributesUpdated(_) => "AttributesUpdated",
             Event::AttributesUpdateFailed(_) => "AttributesUpdateFailed",
-            Event::ContactEnded(_) => "ContactEnded",
+            Event::ContactEnded(_) => CONTACT_ENDED,
             Event::SummaryGenerated(_) => "SummaryGenerated",
             Event::SummaryFailed(_) => "SummaryFailed",
             Event::ModelCallSkipped(_) => "ModelCallSkipped",

@@ -233,18 +233,26 @@ impl KinesisSource {
         };
         let held: RefCell<HashMap<String, Held>> = RefCell::new(HashMap::new());
         let settled = CancellationToken::new();
-        let (taken_tx, taken_rx) = mpsc::unbounded_channel();
+        let (taken_tx, mut taken_rx) = mpsc::unbounded_channel();
         tracing::info!(worker = %self.me, stream = %self.config.stream, "reading Kinesis");
         let ((), stats) = tokio::join!(
             self.upkeep(&held, taken_tx, &stop, &settled),
-            self.drive(&held, taken_rx, &feeding, &stop, &settled),
+            self.drive(&held, &mut taken_rx, &feeding, &stop, &settled),
         );
-        let held = held.into_inner();
-        tracing::info!(leases = held.len(), "settled; giving the leases back");
-        for (key, lease) in held {
-            if !lease.lost {
-                self.give_back(&key, &lease.token).await;
-            }
+        let mut back: Vec<(String, String)> = held
+            .into_inner()
+            .into_iter()
+            .filter(|(_, lease)| !lease.lost)
+            .map(|(key, lease)| (key, lease.token))
+            .collect();
+        // Taken by a round of upkeep that began before the stop and ended after the readers
+        // had: never read here, and given back too.
+        while let Ok((lease, _)) = taken_rx.try_recv() {
+            back.extend(lease.token.map(|token| (lease.key, token)));
+        }
+        tracing::info!(leases = back.len(), "settled; giving the leases back");
+        for (key, token) in back {
+            self.give_back(&key, &token).await;
         }
         metrics().kinesis_leases_held.set(0);
         stats
@@ -297,7 +305,7 @@ impl KinesisSource {
     async fn drive(
         &self,
         held: &RefCell<HashMap<String, Held>>,
-        mut taken: mpsc::UnboundedReceiver<(Lease, Option<ShardInfo>)>,
+        taken: &mut mpsc::UnboundedReceiver<(Lease, Option<ShardInfo>)>,
         feeding: &Feeding<'_>,
         stop: &CancellationToken,
         settled: &CancellationToken,

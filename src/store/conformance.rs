@@ -25,7 +25,8 @@ use super::projection::catch_up;
 use super::sqlite::{SqliteDb, SqliteEventStore, SqliteProjectionStore};
 use super::*;
 use crate::events::{
-    ChainHead, Event, GENESIS_HASH, Participant, SentimentChanged, StoredEvent, UtteranceReceived,
+    ChainHead, ContactEnded, EndReason, Event, GENESIS_HASH, Participant, SentimentChanged,
+    StoredEvent, UtteranceReceived,
 };
 use crate::models::Label;
 
@@ -36,6 +37,11 @@ trait Backend: Send + Sync {
     fn events(&self) -> Arc<dyn EventStore>;
     /// Its read models (on the same file, for backends with one).
     fn projections(&self) -> Arc<dyn ProjectionStore>;
+    /// Whether [`EventStore::forget_sources`] forgets keys itself (DynamoDB leaves that to
+    /// its time to live).
+    fn forgets_sources(&self) -> bool {
+        true
+    }
 }
 
 struct Memory {
@@ -123,27 +129,45 @@ impl Dynamo {
 /// reads a request, has moto answer it, passes the answer back and closes the connection.
 fn one_at_a_time() -> &'static str {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ENDPOINT.get_or_init(|| {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
-        let moto = crate::aws::moto::endpoint().trim_start_matches("http://");
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let forwarded = client.and_then(|mut client| {
-                    let mut server = std::net::TcpStream::connect(moto)?;
-                    for stream in [&client, &server] {
-                        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-                    }
-                    std::io::Write::write_all(&mut server, &read_message(&mut client)?)?;
-                    std::io::Write::write_all(&mut client, &read_message(&mut server)?)
-                });
-                if let Err(error) = forwarded {
-                    eprintln!("moto proxy: {error}");
+    ENDPOINT.get_or_init(|| forwarding(Arc::default()))
+}
+
+/// A [`one_at_a_time`] endpoint of its own that, while `lose` is above 0, has moto apply a
+/// `TransactWriteItems` and then closes the connection without its answer (counting `lose`
+/// down), as a network that fails after the commit would.
+fn forwarding(lose: Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+    let moto = crate::aws::moto::endpoint().trim_start_matches("http://");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let forwarded = client.and_then(|mut client| {
+                let mut server = std::net::TcpStream::connect(moto)?;
+                for stream in [&client, &server] {
+                    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
                 }
+                let request = read_message(&mut client)?;
+                std::io::Write::write_all(&mut server, &request)?;
+                let answer = read_message(&mut server)?;
+                let transaction = String::from_utf8_lossy(&request)
+                    .to_ascii_lowercase()
+                    .contains("x-amz-target: dynamodb_20120810.transactwriteitems");
+                let lost = transaction
+                    && lose
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                if lost {
+                    return Ok(());
+                }
+                std::io::Write::write_all(&mut client, &answer)
+            });
+            if let Err(error) = forwarded {
+                eprintln!("moto proxy: {error}");
             }
-        });
-        endpoint
-    })
+        }
+    });
+    endpoint
 }
 
 /// One HTTP/1.1 message from `stream`: the head, and a body of its `Content-Length`.
@@ -182,6 +206,9 @@ impl Backend for Dynamo {
             &self.config.projections_table,
         ))
     }
+    fn forgets_sources(&self) -> bool {
+        false
+    }
 }
 
 /// One `#[tokio::test]` per case for a backend, in a module named after it.
@@ -200,7 +227,9 @@ macro_rules! conformance {
                 global_read_in_stable_order,
                 old_versions_load_and_verify_after_reload,
                 projection_rows_round_trip_and_filter,
-                catch_up_builds_and_rebuilds_rows
+                unfinished_rows_come_from_their_index,
+                catch_up_builds_and_rebuilds_rows,
+                keys_of_long_ended_contacts_may_be_forgotten
             );
         }
     };
@@ -905,6 +934,131 @@ async fn projection_rows_round_trip_and_filter(backend: &dyn Backend) {
     assert!(store.contacts(&filter()).await.unwrap().is_empty());
 }
 
+/// Read models: `unfinished` lists exactly the rows that owe work (open, or ended with
+/// utterances and no summary), oldest start first, and follows their changes.
+async fn unfinished_rows_come_from_their_index(backend: &dyn Backend) {
+    let store = backend.projections();
+    let open = ContactRow {
+        ended_at: None,
+        summary_version: 0,
+        ..row("open", Some(20), false, None)
+    };
+    let unsummarised = ContactRow {
+        summary_version: 0,
+        ..row("unsummarised", Some(10), true, Some(Label::Negative))
+    };
+    let not_started = ContactRow {
+        ended_at: None,
+        ..row("not-started", None, false, None)
+    };
+    let silent = ContactRow {
+        summary_version: 0,
+        utterances: 0,
+        ..row("silent", Some(5), false, None)
+    };
+    let done = row("done", Some(1), false, Some(Label::Positive));
+    let rows = [&open, &unsummarised, &not_started, &silent, &done].map(Clone::clone);
+    store.save(&rows, 3).await.unwrap();
+    let unfinished = || async {
+        let rows = store.unfinished().await.unwrap();
+        rows.into_iter().map(|r| r.contact_id).collect::<Vec<_>>()
+    };
+    assert_eq!(unfinished().await, ["unsummarised", "open", "not-started"]);
+    assert_eq!(store.unfinished().await.unwrap()[0], unsummarised);
+
+    let summarised = ContactRow {
+        summary_version: 1,
+        last_seq: 41,
+        ..unsummarised
+    };
+    let ended = ContactRow {
+        ended_at: Some(at(30)),
+        last_seq: 41,
+        ..open
+    };
+    store.save(&[summarised, ended], 4).await.unwrap();
+    assert_eq!(unfinished().await, ["open", "not-started"]);
+    let summarised = ContactRow {
+        summary_version: 1,
+        last_seq: 42,
+        ..store.contact("open").await.unwrap().unwrap()
+    };
+    store.save(&[summarised], 5).await.unwrap();
+    assert_eq!(unfinished().await, ["not-started"]);
+    store.reset().await.unwrap();
+    assert!(store.unfinished().await.unwrap().is_empty());
+}
+
+/// Idempotency keys of a contact whose end was recorded before the bound may be forgotten
+/// (then a batch with one is judged by its sequence number alone); every other key is kept,
+/// and a second pass over the same bound forgets nothing.
+async fn keys_of_long_ended_contacts_may_be_forgotten(backend: &dyn Backend) {
+    let store = backend.events();
+    let now = Utc::now();
+    let long_ago = now - chrono::Duration::days(10);
+    let ended = |at| {
+        Event::ContactEnded(ContactEnded {
+            ended_at: at,
+            reason: EndReason::Ended,
+        })
+    };
+    let mut firsts = Vec::new();
+    for (contact, end) in [
+        ("long-ended", Some(long_ago)),
+        ("open", None),
+        ("just-ended", Some(now)),
+    ] {
+        let mut head = ChainHead::default();
+        let first = head.seal(contact, Some("in-1"), &utterance("hello"), long_ago);
+        store.append(std::slice::from_ref(&first)).await.unwrap();
+        if let Some(at) = end {
+            let last = head.seal(contact, Some("end"), &ended(at), at);
+            store.append(&[last]).await.unwrap();
+        }
+        firsts.push(first);
+    }
+    let forgotten = store
+        .forget_sources(now - chrono::Duration::days(7))
+        .await
+        .unwrap();
+    assert_eq!(forgotten, if backend.forgets_sources() { 2 } else { 0 });
+    let duplicate = Appended::Duplicate {
+        first_seq: 1,
+        last_seq: 1,
+    };
+    for kept in &firsts[1..] {
+        assert_eq!(
+            store.append(std::slice::from_ref(kept)).await.unwrap(),
+            duplicate
+        );
+    }
+    let again = store.append(std::slice::from_ref(&firsts[0])).await;
+    if forgotten == 0 {
+        assert_eq!(again.unwrap(), duplicate);
+    } else {
+        assert!(
+            matches!(again, Err(StoreError::Conflict { actual: 2, .. })),
+            "{again:?}"
+        );
+    }
+    let store = backend.events();
+    assert_eq!(
+        store
+            .forget_sources(now - chrono::Duration::days(7))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .read("long-ended", SeqRange::all())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 /// `catch_up` folds the log into rows page by page, only what is new on a second call, and
 /// rebuilds the same rows after a reset; an event that does not decode is skipped.
 async fn catch_up_builds_and_rebuilds_rows(backend: &dyn Backend) {
@@ -952,6 +1106,57 @@ async fn catch_up_builds_and_rebuilds_rows(backend: &dyn Backend) {
             .unwrap(),
         before
     );
+}
+
+/// Case 5b of the fleet issue: DynamoDB commits a transaction but its answer never comes
+/// back (every retry of the SDK's too). The append is reported as failed, never as a second
+/// write: appended again, a batch with a source id is a duplicate at its original numbers,
+/// one without is a conflict (the writer reloads and finds its events), and the log holds
+/// each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_commits_whose_answer_was_lost_are_not_written_twice() {
+    let tables = Dynamo::new().await;
+    let lose = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let sdk = crate::aws::moto::config().await;
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(forwarding(lose.clone()))
+            .build(),
+    );
+    let lossy = DynamoEventStore::new(client, &tables.config.events_table);
+    let store = tables.events();
+    let mut head = ChainHead::default();
+    let sourced = sealed(&mut head, "c-lost", 2);
+    let error = lossy.append(&sourced).await.unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert_eq!(
+        store.read("c-lost", SeqRange::all()).await.unwrap(),
+        sourced
+    );
+    lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        lossy.append(&sourced).await.unwrap(),
+        Appended::Duplicate {
+            first_seq: 1,
+            last_seq: 2
+        }
+    );
+
+    let unsourced = head.seal("c-lost", None, &utterance("no key"), Utc::now());
+    lose.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    lossy
+        .append(std::slice::from_ref(&unsourced))
+        .await
+        .unwrap_err();
+    lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    let again = lossy.append(std::slice::from_ref(&unsourced)).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict { actual: 3, .. })),
+        "{again:?}"
+    );
+    let log = store.read("c-lost", SeqRange::all()).await.unwrap();
+    assert_eq!(log.len(), 3);
+    verify_chain(&log);
 }
 
 #[tokio::test]

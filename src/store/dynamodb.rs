@@ -11,8 +11,9 @@
 //!   exists (when `first_seq > 1`), so a stale or skipping writer fails; a `Put` per event
 //!   with `attribute_not_exists`, so two writers cannot both take a number; and, when the
 //!   batch has a source id, a `Put` of its idempotency item (`pk` = `src#` + SHA-256 of contact
-//!   and source id, `sk` = 0, with the batch's first and last sequence numbers), also
-//!   `attribute_not_exists`. Events start at sequence number 1 and every event query asks for
+//!   and source id, `sk` = 0, with the batch's first and last sequence numbers, and
+//!   `expiresAt`, the time to live that [`create_tables`] turns on: the batch's `recorded_at`
+//!   plus the key retention), also `attribute_not_exists`. Events start at sequence number 1 and every event query asks for
 //!   `sk >= 1`, so items at `sk` 0 never read as events. When the transaction is cancelled on a
 //!   condition, an existing idempotency item makes the append a [`Appended::Duplicate`] with
 //!   the original numbers; otherwise it is a [`StoreError::Conflict`] with the log's highest
@@ -60,10 +61,12 @@
 //!
 //! One item per contact (`pk` = `c#` + contact id) with the [`ContactRow`] fields, the
 //! checkpoint in the item `pk` = `checkpoint`, and a registry of start days (`pk` = `days`).
-//! Rows carry the keys of three indexes, all sorted by `startKey` (the start time, fixed
+//! Rows carry the keys of four indexes, all sorted by `startKey` (the start time, fixed
 //! width): `byDay` (`day` = UTC start date, `none` before the call has started), `escalated`
-//! (`esc` = the same day, set only on escalated contacts: a sparse index) and `bySentiment`
-//! (`sentimentDay` = `<LABEL>#<day>`). [`ProjectionStore::contacts`] queries the registered
+//! (`esc` = the same day, set only on escalated contacts: a sparse index), `bySentiment`
+//! (`sentimentDay` = `<LABEL>#<day>`) and `unfinished` (`owes` = the first hex digit of the
+//! SHA-256 digest of the contact id, set only on rows that owe work: a sparse index over 16
+//! partitions, which [`ProjectionStore::unfinished`] queries one after another). [`ProjectionStore::contacts`] queries the registered
 //! days between `since` and `until` (every registered day, then the not yet started ones, when
 //! neither is given) through the most selective index (escalated, then sentiment, then day)
 //! and applies the rest of the filter itself: no scans. `save` writes rows and checkpoint in
@@ -86,15 +89,16 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType, Put,
-    ReturnConsumedCapacity, ScalarAttributeType, TransactWriteItem,
+    ReturnConsumedCapacity, ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus,
+    TransactWriteItem,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Appended, ContactFilter, ContactRow, EventStore, Positioned, ProjectionStore, SeqRange,
-    StoreError, check_batch, sort_contacts,
+    Appended, ContactFilter, ContactRow, DEFAULT_KEY_RETENTION_DAYS, EventStore, Positioned,
+    ProjectionStore, SeqRange, StoreError, check_batch, sort_contacts,
 };
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::backoff::backoff;
@@ -155,6 +159,18 @@ const SENTIMENT_INDEX: &str = "bySentiment";
 
 /// `day` and `startKey` of a contact that has not started.
 const UNSTARTED: &str = "none";
+/// Key of the sparse `unfinished` index: set only on rows that owe work, to one of
+/// [`OWES_BUCKETS`] (the first hex digit of the contact id's digest), so that the index's
+/// writes spread over 16 partitions.
+const OWES: &str = "owes";
+/// The index of the rows that owe work.
+const UNFINISHED_INDEX: &str = "unfinished";
+/// The values of [`OWES`].
+const OWES_BUCKETS: [&str; 16] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+/// The time-to-live attribute of idempotency items (epoch seconds).
+const EXPIRES_AT: &str = "expiresAt";
 
 /// Where the fleet keeps its event log and read models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,9 +255,45 @@ pub async fn create_tables(client: &Client, config: &DynamoConfig) -> anyhow::Re
             (BY_DAY_INDEX, (DAY, S), (START_KEY, S)),
             (ESCALATED_INDEX, (ESC, S), (START_KEY, S)),
             (SENTIMENT_INDEX, (SENTIMENT_DAY, S), (START_KEY, S)),
+            (UNFINISHED_INDEX, (OWES, S), (START_KEY, S)),
         ],
     )
-    .await
+    .await?;
+    expire_by(client, &config.events_table, EXPIRES_AT).await
+}
+
+/// Turns on DynamoDB's time to live on `attribute` of `table`, unless it is on already.
+async fn expire_by(client: &Client, table: &str, attribute: &str) -> anyhow::Result<()> {
+    let described = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))
+        .with_context(|| format!("describing the time to live of {table}"))?;
+    let current = described.time_to_live_description();
+    let on = current.and_then(|d| d.attribute_name()) == Some(attribute)
+        && matches!(
+            current.and_then(|d| d.time_to_live_status()),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        );
+    if on {
+        return Ok(());
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .attribute_name(attribute)
+        .enabled(true)
+        .build()
+        .expect("name and switch are set");
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))
+        .with_context(|| format!("turning on the time to live of {table} on {attribute}"))?;
+    Ok(())
 }
 
 /// Creates table `name` (on-demand billing) with `keys` and `indexes` and waits until it is
@@ -353,10 +405,13 @@ pub struct DynamoEventStore {
     client: Client,
     table: String,
     feed_days: DayRegistry,
+    /// How long after its batch was recorded an idempotency item expires.
+    key_retention: chrono::Duration,
 }
 
 impl DynamoEventStore {
-    /// The event log in `table` (made by [`create_tables`]), reached with `client`.
+    /// The event log in `table` (made by [`create_tables`]), reached with `client`; its
+    /// idempotency items expire after [`DEFAULT_KEY_RETENTION_DAYS`].
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         let registry_key = item([(PK, s("feed#days")), (SK, n(0))]);
@@ -364,7 +419,15 @@ impl DynamoEventStore {
             feed_days: DayRegistry::new(&table, registry_key),
             client,
             table,
+            key_retention: chrono::Duration::days(DEFAULT_KEY_RETENTION_DAYS.into()),
         }
+    }
+
+    /// The same store, its idempotency items expiring `retention` after their batch was
+    /// recorded (DynamoDB's time to live deletes them some time after that).
+    pub fn with_key_retention(mut self, retention: chrono::Duration) -> Self {
+        self.key_retention = retention;
+        self
     }
 
     /// The batch an append's idempotency key belongs to, if it is in the log.
@@ -437,6 +500,10 @@ impl DynamoEventStore {
                 ("sourceId", s(source)),
                 ("firstSeq", n(first.seq)),
                 ("lastSeq", n(last_seq)),
+                (
+                    EXPIRES_AT,
+                    n((first.recorded_at + self.key_retention).timestamp().max(0)),
+                ),
             ])
         });
         let items = events
@@ -835,6 +902,26 @@ impl ProjectionStore for DynamoProjectionStore {
         }
         sort_contacts(&mut rows);
         rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// Queries the sparse `unfinished` index, bucket by bucket.
+    async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError> {
+        let mut rows = Vec::new();
+        for bucket in OWES_BUCKETS {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(UNFINISHED_INDEX)
+                .key_condition_expression("#h = :h")
+                .expression_attribute_names("#h", OWES)
+                .expression_attribute_values(":h", s(bucket));
+            for found in query_items(query, usize::MAX).await? {
+                rows.push(row_from_item(&found)?);
+            }
+        }
+        sort_contacts(&mut rows);
         Ok(rows)
     }
 
@@ -1239,6 +1326,7 @@ fn row_item(row: &ContactRow) -> HashMap<String, AttributeValue> {
         ("sentiment", row.sentiment.map(|l| l.to_string())),
         (ESC, row.escalated.then(|| day.clone())),
         (SENTIMENT_DAY, row.sentiment.map(|l| format!("{l}#{day}"))),
+        (OWES, row.owes_work().then(|| owes_bucket(&row.contact_id))),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
@@ -1247,6 +1335,11 @@ fn row_item(row: &ContactRow) -> HashMap<String, AttributeValue> {
     }
     row_item.insert(DAY.into(), s(day));
     row_item
+}
+
+/// The [`OWES`] bucket of a contact.
+fn owes_bucket(contact_id: &str) -> String {
+    digest_hex(&[contact_id.as_bytes()])[..1].to_string()
 }
 
 fn row_from_item(found: &HashMap<String, AttributeValue>) -> Result<ContactRow, StoreError> {
@@ -1366,6 +1459,46 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test]
+    async fn idempotency_items_expire_by_the_time_to_live_create_tables_turns_on() {
+        let (client, config) = moto_tables().await;
+        // A second call finds it on and leaves it so.
+        create_tables(&client, &config).await.unwrap();
+        let ttl = client
+            .describe_time_to_live()
+            .table_name(&config.events_table)
+            .send()
+            .await
+            .unwrap();
+        let ttl = ttl.time_to_live_description().unwrap();
+        assert_eq!(ttl.attribute_name(), Some(EXPIRES_AT));
+        assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+
+        let store = DynamoEventStore::new(client.clone(), &config.events_table)
+            .with_key_retention(chrono::Duration::days(3));
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+        let batch = utterances(&mut ChainHead::default(), "c", 2, 5, at, Some("in-1"));
+        store.append(&batch).await.unwrap();
+        let key = client
+            .get_item()
+            .table_name(&config.events_table)
+            .set_key(Some(source_key("c", "in-1")))
+            .send()
+            .await
+            .unwrap();
+        let expires = key.item().and_then(|i| i.get(EXPIRES_AT)).cloned();
+        let expected = (at + chrono::Duration::days(3)).timestamp();
+        assert_eq!(expires, Some(n(expected)));
+        // Events themselves never expire.
+        let event = client
+            .get_item()
+            .table_name(&config.events_table)
+            .set_key(Some(event_key("c", 1)))
+            .send()
+            .await
+            .unwrap();
+        assert!(event.item().unwrap().get(EXPIRES_AT).is_none());
+    }
     #[tokio::test]
     async fn create_tables_is_idempotent_and_checks_an_existing_design() {
         let (client, config) = moto_tables().await;

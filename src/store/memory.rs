@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{
     Appended, ContactFilter, ContactRow, EventStore, Positioned, ProjectionStore, SeqRange,
     StoreError, check_batch, sort_contacts,
 };
-use crate::events::StoredEvent;
+use crate::events::{CONTACT_ENDED, StoredEvent};
 
 /// One contact's log and the batch keys (source ids) it holds.
 #[derive(Default)]
@@ -142,6 +143,22 @@ impl EventStore for MemoryEventStore {
             })
             .collect())
     }
+
+    async fn forget_sources(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut logs = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let mut forgotten = 0;
+        for log in &mut logs.logs {
+            let ended = log
+                .events
+                .iter()
+                .any(|e| e.kind == CONTACT_ENDED && e.recorded_at < ended_before);
+            if ended {
+                forgotten += log.sources.len() as u64;
+                log.sources.clear();
+            }
+        }
+        Ok(forgotten)
+    }
 }
 
 /// The contacts read model and its checkpoint.
@@ -198,6 +215,18 @@ impl ProjectionStore for MemoryProjectionStore {
             .collect();
         sort_contacts(&mut rows);
         rows.truncate(filter.limit.unwrap_or(usize::MAX));
+        Ok(rows)
+    }
+
+    async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError> {
+        let projection = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<ContactRow> = projection
+            .rows
+            .values()
+            .filter(|row| row.owes_work())
+            .cloned()
+            .collect();
+        sort_contacts(&mut rows);
         Ok(rows)
     }
 

@@ -37,6 +37,9 @@ use crate::models::Label;
 /// item (400 KB) with room for attribute names.
 pub const MAX_EVENT_BYTES: usize = 350 * 1024;
 
+/// Days idempotency keys are kept unless `[store] key_retention_days` says otherwise.
+pub const DEFAULT_KEY_RETENTION_DAYS: u32 = 7;
+
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -150,6 +153,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// read. 0 (the default) for stores whose positions follow the commit order.
     fn replay_window(&self) -> u64 {
         0
+    }
+
+    /// Forgets the idempotency keys of the contacts whose end was recorded before
+    /// `ended_before`, and answers how many keys went. A record of such a contact delivered
+    /// again is still not stored twice: the contact's log knows its segments, and refuses new
+    /// ones after its end. Stores whose keys expire by themselves (DynamoDB's time to live)
+    /// keep this default, which forgets nothing here.
+    async fn forget_sources(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _ = ended_before;
+        Ok(0)
     }
 }
 
@@ -294,6 +307,11 @@ pub trait ProjectionStore: Send + Sync + 'static {
 
     /// Rows passing `filter`, oldest start first.
     async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError>;
+
+    /// The rows that still owe work ([`ContactRow::owes_work`]), oldest start first, read
+    /// from an index of them: a start or a lease take resumes these without reading every
+    /// contact ever recorded.
+    async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError>;
 
     /// Drops every row and the checkpoint (before a rebuild).
     async fn reset(&self) -> Result<(), StoreError>;

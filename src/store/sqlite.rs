@@ -37,7 +37,7 @@ use crate::events::StoredEvent;
 use crate::models::Label;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Most requests (append batches, projection saves) committed in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -64,7 +64,18 @@ const LINGER: Duration = Duration::from_millis(1);
 /// Contacts whose highest sequence number the writer remembers before it starts afresh.
 const SEQ_CACHE_MAX: usize = 100_000;
 
-const SCHEMA: &str = "
+/// Which contacts owe work ([`ContactRow::owes_work`]): the rows of the partial index
+/// `contacts_unfinished`, which a query finds with this same condition.
+macro_rules! owes_work {
+    () => {
+        "ended_at IS NULL OR (summary_version = 0 AND utterances > 0)"
+    };
+}
+
+/// The tables and indexes, all `IF NOT EXISTS`: run on a file of an older schema, it adds
+/// what that one lacks (v1 had no `contacts_unfinished`, `events_ended` or `sources_forgotten`).
+const SCHEMA: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS events (
     position       INTEGER PRIMARY KEY AUTOINCREMENT,
     contact_id     TEXT    NOT NULL,
@@ -105,7 +116,16 @@ CREATE TABLE IF NOT EXISTS projection_checkpoint (
     id       INTEGER PRIMARY KEY CHECK (id = 0),
     position INTEGER NOT NULL
 );
-";
+CREATE INDEX IF NOT EXISTS contacts_unfinished ON contacts (started_at) WHERE ",
+    owes_work!(),
+    ";
+CREATE INDEX IF NOT EXISTS events_ended ON events (recorded_at) WHERE kind = 'ContactEnded';
+CREATE TABLE IF NOT EXISTS sources_forgotten (
+    id           INTEGER PRIMARY KEY CHECK (id = 0),
+    ended_before TEXT    NOT NULL
+);
+"
+);
 
 /// The columns of `events` that make a [`StoredEvent`], in [`event_from_row`]'s order.
 macro_rules! event_columns {
@@ -122,6 +142,21 @@ macro_rules! contact_columns {
          summary_version, utterances, last_seq"
     };
 }
+
+/// The contacts that owe work, through `contacts_unfinished`.
+const UNFINISHED: &str = concat!(
+    "SELECT ",
+    contact_columns!(),
+    " FROM contacts WHERE ",
+    owes_work!(),
+    " ORDER BY started_at IS NULL, started_at, contact_id"
+);
+
+/// Deletes the keys of the contacts whose end was recorded in [?1, ?2), through
+/// `events_ended`. The kind is [`CONTACT_ENDED`](crate::events::CONTACT_ENDED) written out:
+/// SQLite uses a partial index only for a query that repeats its condition.
+const FORGET_SOURCES: &str = "DELETE FROM sources WHERE contact_id IN (SELECT contact_id \
+     FROM events WHERE kind = 'ContactEnded' AND recorded_at >= ?1 AND recorded_at < ?2)";
 
 /// One SQLite database file holding the event log and the read models: open it once and
 /// take both stores from it, so they share its writer thread and read connections.
@@ -393,6 +428,10 @@ enum Request {
     ResetContacts {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    ForgetSources {
+        ended_before: DateTime<Utc>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 /// A request's outcome, held back until its group's transaction has ended.
@@ -433,6 +472,7 @@ impl Request {
             Request::SaveContacts { reply, .. } | Request::ResetContacts { reply } => {
                 outcome(Err(not_applied()), reply)
             }
+            Request::ForgetSources { reply, .. } => outcome(Err(not_applied()), reply),
         }
     }
 }
@@ -545,6 +585,13 @@ impl Writer {
                         .execute_batch("DELETE FROM contacts; DELETE FROM projection_checkpoint;")
                         .map_err(unavailable)
                 });
+                (outcome(result, reply), fatal)
+            }
+            Request::ForgetSources {
+                ended_before,
+                reply,
+            } => {
+                let (result, fatal) = self.in_savepoint(|w| w.forget_sources(ended_before));
                 (outcome(result, reply), fatal)
             }
         }
@@ -683,6 +730,37 @@ impl Writer {
         })
     }
 
+    /// Deletes the idempotency keys of the contacts whose end was recorded from the last
+    /// call's bound up to `ended_before`, and keeps that bound in `sources_forgotten`, so each
+    /// ended contact is looked at once (through the partial index `events_ended`).
+    fn forget_sources(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let from: String = self
+            .conn
+            .query_row(
+                "SELECT ended_before FROM sources_forgotten WHERE id = 0",
+                [],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .unwrap_or_default();
+        let until = time_text(ended_before, SecondsFormat::Micros);
+        if from >= until {
+            return Ok(0);
+        }
+        let forgotten = self
+            .conn
+            .execute(FORGET_SOURCES, params![from, until])
+            .map_err(unavailable)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO sources_forgotten (id, ended_before) VALUES (0, ?1)",
+                [until],
+            )
+            .map_err(unavailable)?;
+        Ok(forgotten as u64)
+    }
+
     fn highest_in_table(&self, contact_id: &str) -> Result<u64, StoreError> {
         self.conn
             .prepare_cached(HIGHEST_SEQ)
@@ -817,6 +895,15 @@ impl EventStore for SqliteEventStore {
             })
             .await
     }
+
+    async fn forget_sources(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.db
+            .write(|reply| Request::ForgetSources {
+                ended_before,
+                reply,
+            })
+            .await
+    }
 }
 
 /// The read models in a SQLite file.
@@ -931,9 +1018,76 @@ impl ProjectionStore for SqliteProjectionStore {
             .await
     }
 
+    async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError> {
+        self.db
+            .read(|conn| {
+                conn.prepare_cached(UNFINISHED)?
+                    .query_map([], contact_from_row)?
+                    .collect()
+            })
+            .await
+    }
+
     async fn reset(&self) -> Result<(), StoreError> {
         self.db
             .write(|reply| Request::ResetContacts { reply })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, its steps one per line.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut explain = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let unbound = vec![Value::Null; explain.parameter_count()];
+        let steps: Vec<String> = explain
+            .query_map(params_from_iter(unbound), |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    #[test]
+    fn unfinished_and_ended_contacts_are_found_through_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = connect(&dir.path().join("callpulse.db")).unwrap();
+        create_schema(&conn).unwrap();
+        let unfinished = plan(&conn, UNFINISHED);
+        assert!(unfinished.contains("contacts_unfinished"), "{unfinished}");
+        let forget = plan(&conn, FORGET_SOURCES);
+        assert!(forget.contains("events_ended"), "{forget}");
+    }
+
+    #[test]
+    fn a_file_of_schema_1_gains_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("callpulse.db");
+        let conn = connect(&path).unwrap();
+        create_schema(&conn).unwrap();
+        conn.execute_batch(
+            "DROP INDEX contacts_unfinished; DROP INDEX events_ended; \
+             DROP TABLE sources_forgotten; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        drop(SqliteDb::open(&path).unwrap());
+        let conn = connect(&path).unwrap();
+        let found: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN \
+                 ('contacts_unfinished', 'events_ended', 'sources_forgotten')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 3);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }
