@@ -806,7 +806,6 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
     // As in `bench pipeline`: the pipeline is measured, not the 5/s Connect quota.
     config.attributes.requests_per_second = 0;
     config.kinesis = Some(KinesisConfig {
-        max_records: 10_000,
         idle_poll_ms: 50,
         ..kinesis_config(&names, 10_000)
     });

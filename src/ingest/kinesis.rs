@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use anyhow::Context;
-use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::config::http::HttpResponse;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
@@ -669,17 +671,16 @@ impl KinesisSource {
                     continue;
                 }
             };
+            // The next page, read while the one before was fed and checkpointed.
+            let mut read_ahead = None;
             loop {
                 if cancel.is_cancelled() {
                     break 'reading ReaderEnd::Stopped;
                 }
-                let got = self
-                    .kinesis
-                    .get_records()
-                    .shard_iterator(&iterator)
-                    .limit(self.config.max_records)
-                    .send()
-                    .await;
+                let got = match read_ahead.take() {
+                    Some(got) => got,
+                    None => self.page(&iterator).await,
+                };
                 let page = match got {
                     Ok(page) => page,
                     Err(e) => {
@@ -697,9 +698,23 @@ impl KinesisSource {
                         .set(behind);
                 }
                 if let Some(last) = page.records().last() {
-                    let batch = self
-                        .feed_batch(&mut reader, page.records(), router, rejects, max_in_flight)
-                        .await;
+                    let next = page.next_shard_iterator.as_deref();
+                    let (batch, ahead) = tokio::join!(
+                        self.feed_batch(
+                            &mut reader,
+                            page.records(),
+                            router,
+                            rejects,
+                            max_in_flight
+                        ),
+                        async {
+                            match next {
+                                Some(next) => Some(self.page(next).await),
+                                None => None,
+                            }
+                        }
+                    );
+                    read_ahead = ahead;
                     stats += batch;
                     if batch.undeliverable > 0 {
                         failures += 1;
@@ -749,6 +764,19 @@ impl KinesisSource {
         };
         tracing::info!(shard = %lease.shard_id, ?end, %checkpoint, "shard reader ended");
         (lease.key, end, stats)
+    }
+
+    /// One GetRecords call.
+    async fn page(
+        &self,
+        iterator: &str,
+    ) -> Result<GetRecordsOutput, SdkError<GetRecordsError, HttpResponse>> {
+        self.kinesis
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(self.config.max_records)
+            .send()
+            .await
     }
 
     /// Waits (at most the settle timeout) until the contacts of `shard` owe no work.
