@@ -71,3 +71,105 @@ fn start() -> String {
     }
     format!("http://127.0.0.1:{port}")
 }
+
+/// What a [`proxy`] does with one request.
+#[cfg(test)]
+pub(crate) enum Forward {
+    /// Passes it to moto and the answer back.
+    Answer,
+    /// Passes it to moto (which applies it) and closes the connection without the answer,
+    /// as a network failing after the commit would.
+    LoseAnswer,
+    /// Keeps it, unanswered and unsent, while `decide` says so (and the client waits), then
+    /// passes it on as `decide` says next.
+    Hold,
+}
+
+/// An endpoint in front of the moto server that takes one connection at a time: it reads a
+/// request, asks `decide` (given the request's head and body) what to do with it, does so
+/// and closes the connection. Hands back the endpoint and the count of held requests whose
+/// client gave up waiting (closed the connection).
+#[cfg(test)]
+pub(crate) fn proxy(
+    decide: impl Fn(&[u8]) -> Forward + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+    let abandoned = std::sync::Arc::new(AtomicUsize::new(0));
+    let given_up = abandoned.clone();
+    let moto = endpoint_address();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let forwarded = client.and_then(|mut client| {
+                client.set_read_timeout(Some(Duration::from_secs(60)))?;
+                let request = read_message(&mut client)?;
+                let mut forward = decide(&request);
+                if matches!(forward, Forward::Hold) {
+                    client.set_read_timeout(Some(Duration::from_millis(20)))?;
+                }
+                while matches!(forward, Forward::Hold) {
+                    // Until the client gives up (closes) or the hold ends.
+                    match client.peek(&mut [0u8; 1]) {
+                        Ok(0) => {
+                            given_up.fetch_add(1, Ordering::SeqCst);
+                            return Ok(());
+                        }
+                        Ok(_) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(e) => return Err(e),
+                    }
+                    forward = decide(&request);
+                }
+                let mut server = std::net::TcpStream::connect(&moto)?;
+                server.set_read_timeout(Some(Duration::from_secs(60)))?;
+                server.write_all(&request)?;
+                let answer = read_message(&mut server)?;
+                match forward {
+                    Forward::LoseAnswer => Ok(()),
+                    _ => client.write_all(&answer),
+                }
+            });
+            if let Err(error) = forwarded {
+                eprintln!("moto proxy: {error}");
+            }
+        }
+    });
+    (endpoint, abandoned)
+}
+
+/// moto's `host:port`.
+#[cfg(test)]
+fn endpoint_address() -> String {
+    endpoint().trim_start_matches("http://").to_string()
+}
+
+/// One HTTP/1.1 message from `stream`: the head, and a body of its `Content-Length`.
+#[cfg(test)]
+fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut message = Vec::new();
+    let mut byte = [0u8; 1];
+    while !message.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        message.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&message).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(Ok(0), |n| n.trim().parse::<usize>())
+        .map_err(std::io::Error::other)?;
+    let start = message.len();
+    message.resize(start + length, 0);
+    stream.read_exact(&mut message[start..])?;
+    Ok(message)
+}

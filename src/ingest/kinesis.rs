@@ -121,6 +121,7 @@ struct Held {
     /// Cancelled when another worker claims the lease: the reader stops, the shard's
     /// contacts finish what they owe, then the lease is given back.
     hand_over: CancellationToken,
+    /// When the last renewal that succeeded (or the take) was sent.
     renewed: Instant,
     /// Another worker has it now (taken over, or not renewed for a lease duration).
     lost: bool,
@@ -317,8 +318,12 @@ impl KinesisSource {
         let mut resuming: FuturesUnordered<LocalBoxFuture<'_, ()>> = FuturesUnordered::new();
         let mut stats = FeedStats::default();
         let mut stopping = false;
+        let mut watch =
+            tokio::time::interval(Duration::from_millis(self.config.lease_duration_ms) / 10);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = watch.tick() => self.fence_expired(&pipeline.router, held).await,
                 () = stop.cancelled(), if !stopping => {
                     stopping = true;
                     for lease in held.borrow().values() {
@@ -416,16 +421,46 @@ impl KinesisSource {
         }
     }
 
+    /// Stops the reader and the contacts of every lease held that has gone a lease duration
+    /// without a renewal, its renewal still unanswered (a hung store, a partition): from now
+    /// on another worker may take it, so nothing of its shard may run here any more.
+    async fn fence_expired(
+        &self,
+        router: &Addr<ContactRouter>,
+        held: &RefCell<HashMap<String, Held>>,
+    ) {
+        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
+        let expired: Vec<(String, Option<ShardInfo>)> = held
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(_, lease)| !lease.lost && lease.renewed.elapsed() >= lease_duration)
+            .map(|(key, lease)| {
+                lease.lost = true;
+                lease.cancel.cancel();
+                (key.clone(), lease.shard.clone())
+            })
+            .collect();
+        for (key, shard) in expired {
+            let stopped = match shard {
+                Some(shard) => router
+                    .send(Release(Box::new(move |id| shard.holds(id))))
+                    .await
+                    .unwrap_or(0),
+                None => 0,
+            };
+            tracing::warn!(lease = %key, contacts = stopped, "lease not renewed for a lease duration; stopped its reader and contacts");
+        }
+    }
+
     async fn give_back(&self, key: &str, token: &str) {
         if let Err(e) = self.leases.release(key, token).await {
             tracing::warn!(lease = %key, error = format!("{e:#}"), "could not give the lease back; it expires instead");
         }
     }
 
-    /// Renews every lease held: a lease taken over (or not renewed for a lease duration)
-    /// stops its reader; one claimed by another worker starts its hand-over.
+    /// Renews every lease held: a lease taken over stops its reader; one claimed by another
+    /// worker starts its hand-over.
     async fn renew_held(&self, held: &RefCell<HashMap<String, Held>>) {
-        let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
         let due: Vec<(String, String)> = held
             .borrow()
             .iter()
@@ -433,15 +468,21 @@ impl KinesisSource {
             .map(|(key, lease)| (key.clone(), lease.token.clone()))
             .collect();
         for (key, token) in due {
+            // Others count a lease duration from when the renewal lands at the latest, so
+            // this worker counts from when it was sent.
+            let sent = Instant::now();
             let renewal = self.leases.renew(&key, &token).await;
             let mut held = held.borrow_mut();
             let Some(lease) = held.get_mut(&key) else {
                 continue;
             };
+            if lease.lost {
+                continue;
+            }
             match renewal {
-                Ok(Renewal::Kept) => lease.renewed = Instant::now(),
+                Ok(Renewal::Kept) => lease.renewed = sent,
                 Ok(Renewal::Claimed(by)) => {
-                    lease.renewed = Instant::now();
+                    lease.renewed = sent;
                     if !lease.hand_over.is_cancelled() {
                         tracing::info!(lease = %key, to = %by, "lease claimed; handing it over once its contacts have settled");
                         lease.hand_over.cancel();
@@ -453,11 +494,7 @@ impl KinesisSource {
                     lease.lost = true;
                     lease.cancel.cancel();
                 }
-                Err(e) if lease.renewed.elapsed() >= lease_duration => {
-                    tracing::warn!(lease = %key, error = format!("{e:#}"), "lease not renewed for a lease duration; stopping its reader");
-                    lease.lost = true;
-                    lease.cancel.cancel();
-                }
+                // A lease duration without a renewal is `fence_expired`'s to act on.
                 Err(e) => {
                     tracing::warn!(lease = %key, error = format!("{e:#}"), "renewing a lease failed; retrying")
                 }
@@ -831,6 +868,7 @@ mod tests {
     use aws_sdk_kinesis::types::StreamStatus;
 
     use super::*;
+    use crate::actors::router::GetActivity;
     use crate::app::run::{Inputs, run};
     use crate::app::{DataDir, backends};
     use crate::aws::moto;
@@ -1396,5 +1434,92 @@ mod tests {
             source(&config).unwrap().worker_id(),
             "fresh ids differ"
         );
+    }
+
+    /// A worker whose lease store stops answering (a partition, a hung connection) stops
+    /// the shard's contacts once a lease duration has passed since its last renewal was
+    /// sent, on its own clock: from then on another worker may take the lease, and nothing
+    /// of the shard may still run here. Not after the hung request finally fails.
+    #[actix_rt::test]
+    async fn a_worker_cut_off_from_its_leases_stops_their_contacts_on_its_own_clock() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (kinesis, name) = stream(1).await;
+        let (_, lease_table, leases) = lease_table(&name).await;
+        let cut_off = Arc::new(AtomicBool::new(false));
+        let (endpoint, abandoned) = {
+            let cut_off = cut_off.clone();
+            moto::proxy(move |_| {
+                if cut_off.load(Ordering::SeqCst) {
+                    moto::Forward::Hold
+                } else {
+                    moto::Forward::Answer
+                }
+            })
+        };
+        let sdk = moto::config().await;
+        let dynamo = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .endpoint_url(endpoint)
+                .build(),
+        );
+        let mut config = Config::load(None).unwrap();
+        config.models.backend = Backend::StandIn;
+        config.models.stand_in_latency_ms = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let pipeline = crate::actors::Pipeline::start(
+            crate::app::parts(&config, &data, backends(&config).await.unwrap())
+                .await
+                .unwrap(),
+        );
+        let rejects = RejectLog::open(&data.reject_log()).unwrap();
+        let kinesis_config = KinesisConfig {
+            stream: name.clone(),
+            lease_table: lease_table.clone(),
+            worker_id: "a".into(),
+            lease_duration_ms: 900,
+            idle_poll_ms: 20,
+            ..KinesisConfig::default()
+        };
+        let worker = KinesisSource::with_clients(&kinesis_config, kinesis.clone(), dynamo).unwrap();
+        let stop = CancellationToken::new();
+        let live = || async {
+            pipeline
+                .router
+                .send(GetActivity { among: None })
+                .await
+                .unwrap()
+                .live
+        };
+        let driving = async {
+            let open = put(&kinesis, &name, &call("k-cut")[..2], None).await;
+            wait_for_leases(&leases, "the call read", reached(&open)).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while live().await == 0 {
+                assert!(Instant::now() < deadline, "the call never opened");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cut_off.store(true, Ordering::SeqCst);
+            while live().await > 0 {
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(90),
+                    "never stopped"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                abandoned.load(Ordering::SeqCst),
+                0,
+                "the contact was stopped only once a request to the store had timed out"
+            );
+            cut_off.store(false, Ordering::SeqCst);
+            stop.cancel();
+        };
+        let (_, ()) = tokio::join!(
+            worker.run(&pipeline, &rejects, 64, SETTLE, stop.clone()),
+            driving
+        );
+        pipeline.stop();
     }
 }

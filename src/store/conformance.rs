@@ -129,68 +129,30 @@ impl Dynamo {
 /// reads a request, has moto answer it, passes the answer back and closes the connection.
 fn one_at_a_time() -> &'static str {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ENDPOINT.get_or_init(|| forwarding(Arc::default()))
+    ENDPOINT.get_or_init(|| crate::aws::moto::proxy(|_| crate::aws::moto::Forward::Answer).0)
 }
 
 /// A [`one_at_a_time`] endpoint of its own that, while `lose` is above 0, has moto apply a
 /// `TransactWriteItems` and then closes the connection without its answer (counting `lose`
-/// down), as a network that fails after the commit would.
-fn forwarding(lose: Arc<std::sync::atomic::AtomicUsize>) -> String {
+/// down).
+fn losing_answers(lose: Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use crate::aws::moto::{Forward, proxy};
     use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
-    let moto = crate::aws::moto::endpoint().trim_start_matches("http://");
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let forwarded = client.and_then(|mut client| {
-                let mut server = std::net::TcpStream::connect(moto)?;
-                for stream in [&client, &server] {
-                    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-                }
-                let request = read_message(&mut client)?;
-                std::io::Write::write_all(&mut server, &request)?;
-                let answer = read_message(&mut server)?;
-                let transaction = String::from_utf8_lossy(&request)
-                    .to_ascii_lowercase()
-                    .contains("x-amz-target: dynamodb_20120810.transactwriteitems");
-                let lost = transaction
-                    && lose
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                if lost {
-                    return Ok(());
-                }
-                std::io::Write::write_all(&mut client, &answer)
-            });
-            if let Err(error) = forwarded {
-                eprintln!("moto proxy: {error}");
-            }
+    proxy(move |request| {
+        let transaction = String::from_utf8_lossy(request)
+            .to_ascii_lowercase()
+            .contains("x-amz-target: dynamodb_20120810.transactwriteitems");
+        let lost = transaction
+            && lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if lost {
+            Forward::LoseAnswer
+        } else {
+            Forward::Answer
         }
-    });
-    endpoint
-}
-
-/// One HTTP/1.1 message from `stream`: the head, and a body of its `Content-Length`.
-fn read_message(stream: &mut std::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut message = Vec::new();
-    let mut byte = [0u8; 1];
-    while !message.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        message.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&message).to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .map_or(Ok(0), |n| n.trim().parse::<usize>())
-        .map_err(std::io::Error::other)?;
-    let start = message.len();
-    message.resize(start + length, 0);
-    stream.read_exact(&mut message[start..])?;
-    Ok(message)
+    })
+    .0
 }
 
 impl Backend for Dynamo {
@@ -1120,7 +1082,7 @@ async fn dynamodb_commits_whose_answer_was_lost_are_not_written_twice() {
     let sdk = crate::aws::moto::config().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .endpoint_url(forwarding(lose.clone()))
+            .endpoint_url(losing_answers(lose.clone()))
             .build(),
     );
     let lossy = DynamoEventStore::new(client, &tables.config.events_table);
