@@ -1251,10 +1251,14 @@ mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn two_workers_share_a_stream_and_hand_shards_over_while_reading() {
-        let (kinesis, name) = stream(4).await;
-        let (dynamo, lease_table, leases) = lease_table(&name).await;
+    /// A pipeline with the instant stand-in model in a fresh data directory (removed with
+    /// the `TempDir`), and its reject log.
+    async fn stand_in_pipeline() -> (
+        tempfile::TempDir,
+        DataDir,
+        crate::actors::Pipeline,
+        RejectLog,
+    ) {
         let mut config = Config::load(None).unwrap();
         config.models.backend = Backend::StandIn;
         config.models.stand_in_latency_ms = 0;
@@ -1266,6 +1270,14 @@ mod tests {
                 .unwrap(),
         );
         let rejects = RejectLog::open(&data.reject_log()).unwrap();
+        (dir, data, pipeline, rejects)
+    }
+
+    #[actix_rt::test]
+    async fn two_workers_share_a_stream_and_hand_shards_over_while_reading() {
+        let (kinesis, name) = stream(4).await;
+        let (dynamo, lease_table, leases) = lease_table(&name).await;
+        let (_dir, data, pipeline, rejects) = stand_in_pipeline().await;
         let worker = |id: &str| {
             let config = KinesisConfig {
                 stream: name.clone(),
@@ -1463,17 +1475,7 @@ mod tests {
                 .endpoint_url(endpoint)
                 .build(),
         );
-        let mut config = Config::load(None).unwrap();
-        config.models.backend = Backend::StandIn;
-        config.models.stand_in_latency_ms = 0;
-        let dir = tempfile::tempdir().unwrap();
-        let data = DataDir::open(dir.path()).unwrap();
-        let pipeline = crate::actors::Pipeline::start(
-            crate::app::parts(&config, &data, backends(&config).await.unwrap())
-                .await
-                .unwrap(),
-        );
-        let rejects = RejectLog::open(&data.reject_log()).unwrap();
+        let (_dir, _data, pipeline, rejects) = stand_in_pipeline().await;
         let kinesis_config = KinesisConfig {
             stream: name.clone(),
             lease_table: lease_table.clone(),
