@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use callpulse::app::query::{self, Format};
 use callpulse::app::replay::{self, ReplayTarget};
 use callpulse::app::{DataDir, run::Inputs, verify};
+use callpulse::app::{bench, demo};
 use callpulse::config::Config;
+use callpulse::eval;
 use callpulse::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
 use callpulse::models::Label;
 use callpulse::models::fetch;
@@ -19,7 +21,6 @@ use callpulse::models::head::is_holdout;
 use callpulse::models::local::{LocalConfig, LocalModel};
 use callpulse::store::ContactFilter;
 use callpulse::store::anchor::Anchor;
-use callpulse::{bench, demo, eval};
 
 /// Real-time call analytics: sentiment, escalations and summaries with small language models.
 #[derive(Parser)]
@@ -771,7 +772,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     json,
                 },
         } => {
-            use callpulse::bench_pipeline::{BenchModel, PipelineBenchOptions};
+            use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
             let model = match backend.as_str() {
                 "local" => BenchModel::Local,
                 _ => BenchModel::StandIn { latency_ms },
@@ -782,7 +783,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 utterances_per_call: utterances,
                 pace_ms: (pace_ms > 0).then_some(pace_ms),
             };
-            let result = callpulse::bench_pipeline::pipeline(&config, options).await?;
+            let result = callpulse::app::pipeline_bench::pipeline(&config, options).await?;
             if json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {

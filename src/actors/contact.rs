@@ -18,7 +18,7 @@ use super::router::Passivate;
 use crate::backoff::backoff;
 use crate::events::contact::{Command, Contact, Due};
 use crate::events::{
-    ContactEnded, ContactStarted, EndReason, Event, Participant, StoredEvent, UtteranceReceived,
+    ContactEnded, ContactStarted, EndReason, Event, Participant, UtteranceReceived,
 };
 use crate::ingest::record::Record;
 use crate::metrics::metrics;
@@ -151,12 +151,11 @@ impl ContactActor {
             .contact
             .as_ref()
             .expect("loaded before any handler runs");
-        let mut head = contact.head.clone();
-        let now = Utc::now();
-        let stored: Vec<StoredEvent> = events
-            .iter()
-            .map(|e| head.seal(&self.id, source_id.as_deref(), e, now))
-            .collect();
+        let stored =
+            contact
+                .head
+                .clone()
+                .seal_all(&self.id, source_id.as_deref(), &events, Utc::now());
         let store = self.services.store.clone();
         let to_store = stored.clone();
         async move {

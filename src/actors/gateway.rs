@@ -17,7 +17,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::app::replay::summary_event;
 use crate::backoff::backoff;
 use crate::events::{
     ModelCallSkipped, ModelTask, Participant, SentimentAssessed, SummaryFailed, SummaryGenerated,
@@ -650,7 +649,7 @@ impl ModelGateway {
             match result {
                 Ok(s) => act
                     .settle(&r.contact_id, work, &r.reply)
-                    .do_send(ModelOutcome::Summarised(summary_event(r.version, s))),
+                    .do_send(ModelOutcome::Summarised(s.into_event(r.version))),
                 Err(ModelError::Cancelled) => {
                     act.settle(&r.contact_id, work, &r.reply);
                 }

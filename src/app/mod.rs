@@ -1,9 +1,12 @@
 //! What the commands share: the data directory, and building a pipeline's parts (stores,
 //! models, sinks) from config.
 
+pub mod bench;
+pub mod demo;
 pub mod faults;
 pub mod fleet;
 pub mod fleet_bench;
+pub mod pipeline_bench;
 pub mod query;
 pub mod replay;
 pub mod resend;

@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 
 use super::query::BATCH;
 use crate::actors::summaries::{SummarySink, markdown};
+use crate::events::SummaryGenerated;
 use crate::events::contact::{Command, Contact};
 use crate::events::rules::EscalationRules;
-use crate::events::{StoredEvent, SummaryGenerated};
-use crate::models::{CancellationToken, Summariser, Summary};
+use crate::models::{CancellationToken, Summariser};
 use crate::store::projection::catch_up;
 use crate::store::{Appended, ContactFilter, EventStore, ProjectionStore, SeqRange, StoreError};
 
@@ -78,24 +78,6 @@ impl fmt::Display for ReplayReport {
             "{} summaries {verb}, {} contacts skipped, {} failed",
             self.written, self.skipped, self.failed
         )
-    }
-}
-
-/// The event recording `summary` as summary `version` of a call.
-pub fn summary_event(version: u32, summary: Summary) -> SummaryGenerated {
-    SummaryGenerated {
-        version,
-        model: summary.model_id,
-        prompt_version: summary.prompt_version,
-        text: summary.text,
-        reason: summary.reason,
-        resolution: summary.resolution,
-        follow_up: summary.follow_up,
-        customer_sentiment: summary.customer_sentiment,
-        chunks: summary.chunks,
-        tokens_in: summary.usage.input_tokens,
-        tokens_out: summary.usage.output_tokens,
-        cost_usd: summary.cost_usd,
     }
 }
 
@@ -190,7 +172,7 @@ async fn replay_one(
         .summarise(&contact.turns(), &CancellationToken::new())
         .await
     {
-        Ok(summary) => summary_event(version, summary),
+        Ok(summary) => summary.into_event(version),
         Err(e) => return Ok(Outcome::Failed(format!("the model failed: {e}"))),
     };
     if dry_run {
@@ -202,11 +184,10 @@ async fn replay_one(
         Err(refusal) => return Ok(Outcome::Failed(refusal.to_string())),
     };
     let source_id = format!("replay-v{version}");
-    let mut head = contact.head.clone();
-    let sealed: Vec<StoredEvent> = new_events
-        .iter()
-        .map(|event| head.seal(id, Some(&source_id), event, now))
-        .collect();
+    let sealed = contact
+        .head
+        .clone()
+        .seal_all(id, Some(&source_id), &new_events, now);
     match events.append(&sealed).await {
         Ok(Appended::Written { .. }) => {}
         Ok(Appended::Duplicate { .. }) => {
@@ -234,9 +215,9 @@ mod tests {
     use super::*;
     use crate::actors::summaries::SummaryFolder;
     use crate::app::query::tests::{first_summary, three_calls};
-    use crate::events::Event;
+    use crate::events::{Event, StoredEvent};
     use crate::models::standin::StandInModel;
-    use crate::models::{ModelError, Turn};
+    use crate::models::{ModelError, Summary, Turn};
     use crate::store::Positioned;
     use crate::store::memory::{MemoryEventStore, MemoryProjectionStore};
 

@@ -164,6 +164,20 @@ impl ChainHead {
         stored
     }
 
+    /// Seals `events` in order, all from input `source_id` at `now`: one batch to append.
+    pub fn seal_all(
+        &mut self,
+        contact_id: &str,
+        source_id: Option<&str>,
+        events: &[Event],
+        now: DateTime<Utc>,
+    ) -> Vec<StoredEvent> {
+        events
+            .iter()
+            .map(|event| self.seal(contact_id, source_id, event, now))
+            .collect()
+    }
+
     /// Checks that `event` follows this head (sequence, link and own hash) and moves onto it.
     pub fn verify_next(&mut self, event: &StoredEvent) -> Result<(), String> {
         if event.seq != self.seq + 1 {

@@ -1307,7 +1307,7 @@ mod tests {
         });
         let bedrock = model(&stub, NOVA, LLAMA);
         let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/calls");
-        let (calls, _) = crate::demo::read_calls(&samples).unwrap();
+        let (calls, _) = crate::app::demo::read_calls(&samples).unwrap();
         let (mut all_minutes, mut all_cost) = (0.0, 0.0);
         println!("| call | minutes | utterances | sentiment | summary | total | per call-minute |");
         for call in &calls {
@@ -1343,7 +1343,7 @@ mod tests {
     fn call_minutes(samples: &std::path::Path, contact_id: &str) -> f64 {
         use crate::ingest::record::{Record, parse_line};
         let (mut started, mut ended) = (None, None);
-        for file in crate::demo::call_files(samples).unwrap() {
+        for file in crate::app::demo::call_files(samples).unwrap() {
             for line in std::fs::read_to_string(file).unwrap().lines() {
                 for record in parse_line(line).unwrap_or_default() {
                     match record {

@@ -180,6 +180,26 @@ pub struct Summary {
     pub cost_usd: Option<f64>,
 }
 
+impl Summary {
+    /// The event recording it as summary `version` of a call.
+    pub fn into_event(self, version: u32) -> crate::events::SummaryGenerated {
+        crate::events::SummaryGenerated {
+            version,
+            model: self.model_id,
+            prompt_version: self.prompt_version,
+            text: self.text,
+            reason: self.reason,
+            resolution: self.resolution,
+            follow_up: self.follow_up,
+            customer_sentiment: self.customer_sentiment,
+            chunks: self.chunks,
+            tokens_in: self.usage.input_tokens,
+            tokens_out: self.usage.output_tokens,
+            cost_usd: self.cost_usd,
+        }
+    }
+}
+
 /// What can go wrong in a model call.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::demo::read_calls;
+use crate::app::demo::read_calls;
 use crate::models::local::LocalModel;
 use crate::models::{CancellationToken, ModelError, SentimentClassifier, Summariser, Turn};
 
