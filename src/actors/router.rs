@@ -58,6 +58,13 @@ pub struct Activity {
     pub busy: usize,
 }
 
+/// Which of `n` arbiters (or folding threads) contact `id` always goes to.
+pub fn shard_of(id: &str, n: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    (hasher.finish() % n as u64) as usize
+}
+
 /// The router actor.
 pub struct ContactRouter {
     services: Option<Arc<Services>>,
@@ -95,9 +102,7 @@ impl ContactRouter {
             .services
             .clone()
             .expect("services set before records flow");
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        let arbiter = &self.arbiters[hasher.finish() as usize % self.arbiters.len()];
+        let arbiter = &self.arbiters[shard_of(id, self.arbiters.len())];
         let (owned, mailbox) = (id.to_string(), self.mailbox);
         let addr = Supervisor::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(mailbox);

@@ -14,7 +14,6 @@
 //! to the source (unpaced).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use tokio::sync::mpsc;
 use crate::actors::Pipeline;
 use crate::actors::feed::feed;
 use crate::actors::gateway::ModelLimits;
-use crate::actors::router::{ContactRouter, GetActivity};
+use crate::actors::router::{ContactRouter, GetActivity, shard_of};
 use crate::app::bench::{Latency, peak_rss_mib};
 use crate::app::{self, DataDir};
 use crate::config::{Backend, Config};
@@ -582,8 +581,7 @@ async fn observe(store: &dyn EventStore, shape: &Shape, sent: &[i64]) -> anyhow:
     Ok(seen)
 }
 
-/// Checks each event against its contact's hash chain, decodes it and folds it in (what
-/// `Contact::load` does, one event at a time).
+/// Loads each event into its contact ([`Contact::load_next`]).
 fn fold_events(
     contacts: &mut HashMap<String, Contact>,
     events: &[&Positioned],
@@ -591,19 +589,11 @@ fn fold_events(
 ) -> anyhow::Result<()> {
     for item in events {
         let stored = &item.event;
-        if !contacts.contains_key(&stored.contact_id) {
-            let contact = Contact::new(stored.contact_id.clone(), rules.clone());
-            contacts.insert(stored.contact_id.clone(), contact);
-        }
-        let contact = contacts
-            .get_mut(&stored.contact_id)
-            .expect("inserted above");
-        contact
-            .head
-            .verify_next(stored)
+        contacts
+            .entry(stored.contact_id.clone())
+            .or_insert_with(|| Contact::new(stored.contact_id.clone(), rules.clone()))
+            .load_next(stored)
             .map_err(|e| anyhow::anyhow!("{}#{}: {e}", stored.contact_id, stored.seq))?;
-        let event = stored.decode()?;
-        contact.apply(stored, &event);
     }
     Ok(())
 }
@@ -617,9 +607,7 @@ fn fold_page(
 ) -> anyhow::Result<()> {
     let mut parts: Vec<Vec<&Positioned>> = vec![Vec::new(); shards.len()];
     for item in page {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        item.event.contact_id.hash(&mut hasher);
-        parts[(hasher.finish() % shards.len() as u64) as usize].push(item);
+        parts[shard_of(&item.event.contact_id, shards.len())].push(item);
     }
     std::thread::scope(|scope| {
         let workers: Vec<_> = shards

@@ -164,11 +164,18 @@ impl Contact {
     ) -> Result<Self, String> {
         let mut contact = Contact::new(id, rules);
         for stored in events {
-            contact.head.verify_next(stored)?;
-            let event = stored.decode().map_err(|e| e.to_string())?;
-            contact.fold(stored.seq, &event);
+            contact.load_next(stored)?;
         }
         Ok(contact)
+    }
+
+    /// Checks `stored` against the hash chain, decodes it and folds it in: one step of
+    /// [`Contact::load`].
+    pub fn load_next(&mut self, stored: &StoredEvent) -> Result<(), String> {
+        self.head.verify_next(stored)?;
+        let event = stored.decode().map_err(|e| e.to_string())?;
+        self.fold(stored.seq, &event);
+        Ok(())
     }
 
     /// The turns so far, for the summariser.
