@@ -17,7 +17,7 @@ use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kinesis::operation::get_records::{GetRecordsError, GetRecordsOutput};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use futures_util::StreamExt;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{LocalBoxFuture, OptionFuture};
 use futures_util::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -125,6 +125,18 @@ struct Held {
     renewed: Instant,
     /// Another worker has it now (taken over, or not renewed for a lease duration).
     lost: bool,
+}
+
+/// Stops the live contacts of `shard` (none when its hash range is unknown); answers how
+/// many.
+async fn release(router: &Addr<ContactRouter>, shard: Option<ShardInfo>) -> usize {
+    match shard {
+        Some(shard) => router
+            .send(Release(Box::new(move |id| shard.holds(id))))
+            .await
+            .unwrap_or(0),
+        None => 0,
+    }
 }
 
 type Reader<'a> = LocalBoxFuture<'a, (String, ReaderEnd, FeedStats)>;
@@ -409,11 +421,8 @@ impl KinesisSource {
             .kinesis_millis_behind
             .remove_label_values(&[lease.shard_id.as_str()])
             .ok();
-        if let Some(shard) = lease.shard.clone() {
-            let stopped = router
-                .send(Release(Box::new(move |id| shard.holds(id))))
-                .await
-                .unwrap_or(0);
+        if lease.shard.is_some() {
+            let stopped = release(router, lease.shard.clone()).await;
             tracing::info!(lease = %key, contacts = stopped, ?end, "stopped the contacts of a shard no longer read here");
         }
         if !moved {
@@ -441,13 +450,7 @@ impl KinesisSource {
             })
             .collect();
         for (key, shard) in expired {
-            let stopped = match shard {
-                Some(shard) => router
-                    .send(Release(Box::new(move |id| shard.holds(id))))
-                    .await
-                    .unwrap_or(0),
-                None => 0,
-            };
+            let stopped = release(router, shard).await;
             tracing::warn!(lease = %key, contacts = stopped, "lease not renewed for a lease duration; stopped its reader and contacts");
         }
     }
@@ -735,7 +738,7 @@ impl KinesisSource {
                         .set(behind);
                 }
                 if let Some(last) = page.records().last() {
-                    let next = page.next_shard_iterator.as_deref();
+                    let next = page.next_shard_iterator.as_deref().map(|it| self.page(it));
                     let (batch, ahead) = tokio::join!(
                         self.feed_batch(
                             &mut reader,
@@ -744,12 +747,7 @@ impl KinesisSource {
                             rejects,
                             max_in_flight
                         ),
-                        async {
-                            match next {
-                                Some(next) => Some(self.page(next).await),
-                                None => None,
-                            }
-                        }
+                        OptionFuture::from(next)
                     );
                     read_ahead = ahead;
                     stats += batch;

@@ -132,21 +132,16 @@ fn one_at_a_time() -> &'static str {
     ENDPOINT.get_or_init(|| crate::aws::moto::proxy(|_| crate::aws::moto::Forward::Answer).0)
 }
 
-/// A [`one_at_a_time`] endpoint of its own that, while `lose` is above 0, has moto apply a
-/// `TransactWriteItems` and then closes the connection without its answer (counting `lose`
-/// down).
-fn losing_answers(lose: Arc<std::sync::atomic::AtomicUsize>) -> String {
+/// A [`one_at_a_time`] endpoint of its own that, while `losing` is up, has moto apply each
+/// `TransactWriteItems` and then closes the connection without its answer.
+fn losing_answers(losing: Arc<std::sync::atomic::AtomicBool>) -> String {
     use crate::aws::moto::{Forward, proxy};
     use std::sync::atomic::Ordering;
     proxy(move |request| {
         let transaction = String::from_utf8_lossy(request)
             .to_ascii_lowercase()
             .contains("x-amz-target: dynamodb_20120810.transactwriteitems");
-        let lost = transaction
-            && lose
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if lost {
+        if transaction && losing.load(Ordering::SeqCst) {
             Forward::LoseAnswer
         } else {
             Forward::Answer
@@ -1078,11 +1073,11 @@ async fn catch_up_builds_and_rebuilds_rows(backend: &dyn Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_commits_whose_answer_was_lost_are_not_written_twice() {
     let tables = Dynamo::new().await;
-    let lose = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let losing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sdk = crate::aws::moto::config().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .endpoint_url(losing_answers(lose.clone()))
+            .endpoint_url(losing_answers(losing.clone()))
             .build(),
     );
     let lossy = DynamoEventStore::new(client, &tables.config.events_table);
@@ -1095,7 +1090,7 @@ async fn dynamodb_commits_whose_answer_was_lost_are_not_written_twice() {
         store.read("c-lost", SeqRange::all()).await.unwrap(),
         sourced
     );
-    lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    losing.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         lossy.append(&sourced).await.unwrap(),
         Appended::Duplicate {
@@ -1105,12 +1100,12 @@ async fn dynamodb_commits_whose_answer_was_lost_are_not_written_twice() {
     );
 
     let unsourced = head.seal("c-lost", None, &utterance("no key"), Utc::now());
-    lose.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    losing.store(true, std::sync::atomic::Ordering::SeqCst);
     lossy
         .append(std::slice::from_ref(&unsourced))
         .await
         .unwrap_err();
-    lose.store(0, std::sync::atomic::Ordering::SeqCst);
+    losing.store(false, std::sync::atomic::Ordering::SeqCst);
     let again = lossy.append(std::slice::from_ref(&unsourced)).await;
     assert!(
         matches!(again, Err(StoreError::Conflict { actual: 3, .. })),

@@ -13,8 +13,8 @@
 //!   batch has a source id, a `Put` of its idempotency item (`pk` = `src#` + SHA-256 of contact
 //!   and source id, `sk` = 0, with the batch's first and last sequence numbers, and
 //!   `expiresAt`, the time to live that [`create_tables`] turns on: the batch's `recorded_at`
-//!   plus the key retention), also `attribute_not_exists`. Events start at sequence number 1 and every event query asks for
-//!   `sk >= 1`, so items at `sk` 0 never read as events. When the transaction is cancelled on a
+//!   plus the key retention), also `attribute_not_exists`. Events start at sequence number 1
+//!   and every event query asks for `sk >= 1`, so items at `sk` 0 never read as events. When the transaction is cancelled on a
 //!   condition, an existing idempotency item makes the append a [`Appended::Duplicate`] with
 //!   the original numbers; otherwise it is a [`StoreError::Conflict`] with the log's highest
 //!   sequence number.
@@ -66,9 +66,9 @@
 //! (`esc` = the same day, set only on escalated contacts: a sparse index), `bySentiment`
 //! (`sentimentDay` = `<LABEL>#<day>`) and `unfinished` (`owes` = the first hex digit of the
 //! SHA-256 digest of the contact id, set only on rows that owe work: a sparse index over 16
-//! partitions, which [`ProjectionStore::unfinished`] queries one after another). [`ProjectionStore::contacts`] queries the registered
-//! days between `since` and `until` (every registered day, then the not yet started ones, when
-//! neither is given) through the most selective index (escalated, then sentiment, then day)
+//! partitions, which [`ProjectionStore::unfinished`] queries one after another).
+//! [`ProjectionStore::contacts`] queries the registered days between `since` and `until`
+//! (every registered day, then the not yet started ones, when neither is given) through the most selective index (escalated, then sentiment, then day)
 //! and applies the rest of the filter itself: no scans. `save` writes rows and checkpoint in
 //! transactions of at most 100 items, the checkpoint in the last one: a crash between them
 //! leaves rows ahead of the checkpoint, which the next catch-up folds again without effect.
@@ -1499,6 +1499,7 @@ mod tests {
             .unwrap();
         assert!(event.item().unwrap().get(EXPIRES_AT).is_none());
     }
+
     #[tokio::test]
     async fn create_tables_is_idempotent_and_checks_an_existing_design() {
         let (client, config) = moto_tables().await;

@@ -179,6 +179,19 @@ impl MemoryProjectionStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The rows `keep` picks, oldest start first.
+    fn rows_where(&self, keep: impl Fn(&ContactRow) -> bool) -> Vec<ContactRow> {
+        let projection = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<ContactRow> = projection
+            .rows
+            .values()
+            .filter(|row| keep(row))
+            .cloned()
+            .collect();
+        sort_contacts(&mut rows);
+        rows
+    }
 }
 
 #[async_trait]
@@ -206,28 +219,13 @@ impl ProjectionStore for MemoryProjectionStore {
     }
 
     async fn contacts(&self, filter: &ContactFilter) -> Result<Vec<ContactRow>, StoreError> {
-        let projection = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let mut rows: Vec<ContactRow> = projection
-            .rows
-            .values()
-            .filter(|row| filter.matches(row))
-            .cloned()
-            .collect();
-        sort_contacts(&mut rows);
+        let mut rows = self.rows_where(|row| filter.matches(row));
         rows.truncate(filter.limit.unwrap_or(usize::MAX));
         Ok(rows)
     }
 
     async fn unfinished(&self) -> Result<Vec<ContactRow>, StoreError> {
-        let projection = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        let mut rows: Vec<ContactRow> = projection
-            .rows
-            .values()
-            .filter(|row| row.owes_work())
-            .cloned()
-            .collect();
-        sort_contacts(&mut rows);
-        Ok(rows)
+        Ok(self.rows_where(ContactRow::owes_work))
     }
 
     async fn reset(&self) -> Result<(), StoreError> {
