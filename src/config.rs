@@ -6,14 +6,14 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::actors::PipelineConfig;
-use crate::actors::attributes::AttributesConfig;
+use crate::actors::dispatcher::AttributesConfig;
 use crate::actors::gateway::GatewayConfig;
-use crate::actors::s3::S3Config;
-use crate::actors::webhook::WebhookConfig;
 use crate::events::rules::EscalationRules;
 use crate::ingest::kinesis::KinesisConfig;
 use crate::models::bedrock::BedrockConfig;
 use crate::models::local::LocalConfig;
+use crate::sinks::s3::S3Config;
+use crate::sinks::webhook::WebhookConfig;
 use crate::store::dynamodb::DynamoConfig;
 
 /// The built-in defaults.
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(config.models.backend, Backend::Bedrock);
         assert_eq!(
             config.attributes.sink,
-            crate::actors::attributes::AttributeSinkKind::Connect
+            crate::sinks::attributes::AttributeSinkKind::Connect
         );
         assert!(config.attributes.connect.is_some());
         assert_eq!(config.summaries.sink, SummarySinkKind::S3);

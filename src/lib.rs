@@ -13,4 +13,5 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod models;
+pub mod sinks;
 pub mod store;

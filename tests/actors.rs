@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use callpulse::actors::attributes::{AttributeLog, AttributesConfig};
+use callpulse::actors::dispatcher::AttributesConfig;
 use callpulse::actors::feed::feed;
 use callpulse::actors::gateway::{Backends, GatewayConfig, ModelLimits};
 use callpulse::actors::router::{GetActivity, Route};
-use callpulse::actors::summaries::SummaryFolder;
 use callpulse::actors::{Parts, Pipeline, PipelineConfig};
 use callpulse::events::rules::EscalationRules;
 use callpulse::events::{
@@ -23,6 +22,8 @@ use callpulse::models::standin::StandInModel;
 use callpulse::models::{
     CancellationToken, ModelError, Sentiment, SentimentClassifier, Summariser, Summary, Turn,
 };
+use callpulse::sinks::attributes::AttributeLog;
+use callpulse::sinks::summaries::SummaryFolder;
 use callpulse::store::memory::{MemoryEventStore, MemoryProjectionStore};
 use callpulse::store::{Appended, EventStore, Positioned, SeqRange, StoreError};
 

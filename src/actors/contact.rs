@@ -12,7 +12,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::Services;
-use super::attributes::{AttributeOutcome, SetAttributes};
+use super::dispatcher::{AttributeOutcome, SetAttributes};
 use super::gateway::{JudgeUtterance, ModelOutcome, WriteSummary};
 use super::router::Passivate;
 use crate::backoff::backoff;

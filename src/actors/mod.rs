@@ -2,16 +2,12 @@
 //! ContactRouter → ContactActor (one per call, supervised) → EventStore; ModelGateway,
 //! AttributeDispatcher and SummarySink for effects; Projector for read models.
 
-pub mod attributes;
-pub mod connect;
 pub mod contact;
+pub mod dispatcher;
 pub mod feed;
 pub mod gateway;
 pub mod projector;
 pub mod router;
-pub mod s3;
-pub mod summaries;
-pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +15,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use self::attributes::{AttributeDispatcher, AttributeSink, AttributesConfig};
+use self::dispatcher::{AttributeDispatcher, AttributesConfig};
 use self::gateway::{Backends, GatewayConfig, ModelGateway};
 use self::projector::{CatchUp, Projector};
 use self::router::{ContactRouter, GetActivity, Resume, Selector, SetServices};
-use self::summaries::SummarySink;
 use crate::events::rules::EscalationRules;
+use crate::sinks::attributes::AttributeSink;
+use crate::sinks::summaries::SummarySink;
 use crate::store::{EventStore, ProjectionStore, StoreError};
 
 /// The `[pipeline]` config table.

@@ -10,15 +10,15 @@ use serde_json::json;
 use super::replay::{ReplayTarget, replay};
 use super::run::Inputs;
 use super::{DataDir, backends, run::run, stores, summary_sink};
-use crate::actors::attributes::AttributeSinkKind;
-use crate::actors::connect::ConnectConfig;
-use crate::actors::s3::S3Config;
-use crate::actors::webhook::{
-    DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig, signature,
-};
 use crate::aws::stub::{Received, Stub, converse_answer, llama_answer};
 use crate::aws::{AwsEndpoint, moto};
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
+use crate::sinks::attributes::AttributeSinkKind;
+use crate::sinks::connect::ConnectConfig;
+use crate::sinks::s3::S3Config;
+use crate::sinks::webhook::{
+    DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConfig, signature,
+};
 use crate::store::dynamodb::{DynamoEventStore, create_tables};
 use crate::store::{EventStore, SeqRange};
 

@@ -16,8 +16,8 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::DataDir;
-use crate::actors::summaries::{SummaryFolder, SummarySink};
 use crate::events::Event;
+use crate::sinks::summaries::{SummaryFolder, SummarySink};
 use crate::store::{EventStore, SeqRange};
 
 /// What to run.

@@ -26,14 +26,14 @@ use serde_json::json;
 
 use super::faults::{call_log, segments_per_call, stream};
 use super::{DataDir, stores, summary_sink};
-use crate::actors::attributes::AttributeSinkKind;
-use crate::actors::connect::ConnectConfig;
-use crate::actors::s3::S3Config;
 use crate::aws::stub::{Received, Stub, converse_answer, llama_answer};
 use crate::aws::{AwsEndpoint, moto};
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
 use crate::ingest::kinesis::KinesisConfig;
 use crate::ingest::leases::{Lease, LeaseTable, SHARD_END, hash_key};
+use crate::sinks::attributes::AttributeSinkKind;
+use crate::sinks::connect::ConnectConfig;
+use crate::sinks::s3::S3Config;
 
 /// What to run (the options of `callpulse bench fleet`).
 #[derive(Debug, Clone, clap::Args)]

@@ -10,11 +10,11 @@ use anyhow::bail;
 use chrono::{DateTime, Utc};
 
 use super::query::BATCH;
-use crate::actors::summaries::{SummarySink, markdown};
 use crate::events::SummaryGenerated;
 use crate::events::contact::{Command, Contact};
 use crate::events::rules::EscalationRules;
 use crate::models::{CancellationToken, Summariser};
+use crate::sinks::summaries::{SummarySink, markdown};
 use crate::store::projection::catch_up;
 use crate::store::{Appended, ContactFilter, EventStore, ProjectionStore, SeqRange, StoreError};
 
@@ -213,11 +213,11 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::actors::summaries::SummaryFolder;
     use crate::app::query::tests::{first_summary, three_calls};
     use crate::events::{Event, StoredEvent};
     use crate::models::standin::StandInModel;
     use crate::models::{ModelError, Summary, Turn};
+    use crate::sinks::summaries::SummaryFolder;
     use crate::store::Positioned;
     use crate::store::memory::{MemoryEventStore, MemoryProjectionStore};
 

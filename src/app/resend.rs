@@ -9,9 +9,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use super::replay::ReplayTarget;
-use crate::actors::summaries::SummarySink;
 use crate::events::contact::Contact;
 use crate::events::rules::EscalationRules;
+use crate::sinks::summaries::SummarySink;
 use crate::store::{EventStore, ProjectionStore, SeqRange};
 
 /// What a resend did.
@@ -87,10 +87,10 @@ mod tests {
     use actix_web::HttpResponse;
 
     use super::*;
-    use crate::actors::summaries::SummaryFolder;
-    use crate::actors::webhook::{DELIVERY_HEADER, Webhook, WebhookConfig, WithWebhook};
     use crate::app::query::tests::three_calls;
     use crate::aws::stub::Stub;
+    use crate::sinks::summaries::SummaryFolder;
+    use crate::sinks::webhook::{DELIVERY_HEADER, Webhook, WebhookConfig, WithWebhook};
     use crate::store::memory::MemoryProjectionStore;
 
     async fn run(

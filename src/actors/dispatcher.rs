@@ -1,15 +1,12 @@
-//! AttributeSink: where escalations go (an attributes log, a webhook; Amazon Connect in the
-//! fleet), and the actor that feeds it: rate-limited, debounced per contact, retried with
-//! backoff, every outcome reported back to the contact to be logged.
+//! AttributeDispatcher: the actor in front of an [`AttributeSink`]: rate-limited, debounced
+//! per contact, retried with backoff, every outcome reported back to the contact to be
+//! logged.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::io::Write;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
-use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -17,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::backoff;
 use crate::events::{AttributesUpdateFailed, AttributesUpdated};
 use crate::metrics::metrics;
+use crate::sinks::attributes::{AttributeSink, AttributeSinkKind, SinkError};
 
 /// The `[attributes]` config table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,27 +23,13 @@ pub struct AttributesConfig {
     /// Where attributes go: `log` (`attributes.jsonl` in the data directory) or `connect`.
     pub sink: AttributeSinkKind,
     /// `[attributes.connect]`: the Connect instance (required with `sink = "connect"`).
-    pub connect: Option<super::connect::ConnectConfig>,
+    pub connect: Option<crate::sinks::connect::ConnectConfig>,
     /// Updates per second, across contacts (Connect's account quota is a few per second).
     pub requests_per_second: u32,
     /// Tries per update before it is recorded as failed.
     pub max_attempts: u32,
     /// First retry delay, ms (doubled per try, with jitter).
     pub retry_base_ms: u64,
-}
-
-/// The longest wait between two tries of one update, ms.
-const RETRY_CAP_MS: u64 = 60_000;
-
-/// Where attributes go.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttributeSinkKind {
-    /// The attribute log file.
-    #[default]
-    Log,
-    /// Amazon Connect UpdateContactAttributes.
-    Connect,
 }
 
 impl Default for AttributesConfig {
@@ -60,81 +44,8 @@ impl Default for AttributesConfig {
     }
 }
 
-/// Why a sink did not set the attributes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SinkError {
-    /// Worth another try: throttled, unavailable, not reached.
-    #[error("{0}")]
-    Transient(String),
-    /// Refused (a 4xx answer, attributes over the limits): trying again would not help.
-    #[error("{0}")]
-    Refused(String),
-}
-
-/// Sets contact attributes somewhere.
-#[async_trait]
-pub trait AttributeSink: Send + Sync + 'static {
-    /// A short name, recorded in AttributesUpdated events.
-    fn name(&self) -> &str;
-
-    /// Sets `attributes` on the contact.
-    async fn set(
-        &self,
-        contact_id: &str,
-        attributes: &BTreeMap<String, String>,
-    ) -> Result<(), SinkError>;
-}
-
-/// Appends every update as a JSON line to a file (`<data-dir>/attributes.jsonl`).
-pub struct AttributeLog {
-    path: PathBuf,
-    file: Arc<Mutex<std::fs::File>>,
-}
-
-impl AttributeLog {
-    /// Opens (creating) the log for appending.
-    pub fn open(path: impl Into<PathBuf>) -> std::io::Result<Self> {
-        let path = path.into();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        Ok(Self {
-            path,
-            file: Arc::new(Mutex::new(file)),
-        })
-    }
-}
-
-#[async_trait]
-impl AttributeSink for AttributeLog {
-    fn name(&self) -> &str {
-        "attribute-log"
-    }
-
-    async fn set(
-        &self,
-        contact_id: &str,
-        attributes: &BTreeMap<String, String>,
-    ) -> Result<(), SinkError> {
-        let line = serde_json::json!({
-            "contactId": contact_id,
-            "attributes": attributes,
-            "at": chrono::Utc::now(),
-        })
-        .to_string();
-        let (file, path) = (self.file.clone(), self.path.clone());
-        // A blocking write: off the actor's thread.
-        tokio::task::spawn_blocking(move || {
-            let mut file = file.lock().map_err(|_| "attribute log poisoned")?;
-            writeln!(file, "{line}").map_err(|e| format!("{}: {e}", path.display()))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|written| written)
-        .map_err(SinkError::Transient)
-    }
-}
+/// The longest wait between two tries of one update, ms.
+const RETRY_CAP_MS: u64 = 60_000;
 
 /// Outcome of a [`SetAttributes`], sent back to the contact.
 #[derive(Debug, Clone, Message)]
@@ -328,6 +239,8 @@ impl Handler<SetAttributes> for AttributeDispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
