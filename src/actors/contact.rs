@@ -6,8 +6,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use actix::clock::Instant;
 use actix::prelude::*;
 use chrono::Utc;
 
