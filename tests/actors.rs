@@ -1,10 +1,9 @@
 //! The actors with the in-memory store and scripted models: idle timeouts, restarts after
 //! a conflicting writer, passivation, retries, deadlines and coalescing in the model gateway.
-//! They run on tokio's paused clock: waits are simulated, never slept.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callpulse::actors::dispatcher::AttributesConfig;
@@ -27,7 +26,6 @@ use callpulse::sinks::attributes::AttributeLog;
 use callpulse::sinks::summaries::SummaryFolder;
 use callpulse::store::memory::{MemoryEventStore, MemoryProjectionStore};
 use callpulse::store::{Appended, EventStore, Positioned, SeqRange, StoreError};
-use tokio::time::Instant;
 
 /// Answers like the stand-in after `latency`, but the first `failures` calls of each kind
 /// fail with a transient error.
@@ -170,14 +168,10 @@ fn start_with(backends: Backends, gateway: GatewayConfig, pipeline: PipelineConf
         },
         attributes: AttributesConfig::default(),
     };
-    // Every actor on this test's thread, on tokio's paused clock: timers fire as soon as
-    // nothing else can run, so idle timeouts, deadlines, rate limits and backoff take no
-    // real time.
-    tokio::time::pause();
     Harness {
         store,
         counting,
-        pipeline: Pipeline::start_here(parts),
+        pipeline: Pipeline::start(parts),
         _dir: dir,
     }
 }

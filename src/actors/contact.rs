@@ -6,9 +6,8 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::clock::Instant;
 use actix::prelude::*;
 use chrono::Utc;
 

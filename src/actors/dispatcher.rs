@@ -3,13 +3,14 @@
 //! logged.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use super::pump::{Pump, RateLimit, Wake, pump, retry_later};
 use crate::backoff::backoff;
 use crate::events::{AttributesUpdateFailed, AttributesUpdated};
 use crate::metrics::metrics;
@@ -80,19 +81,20 @@ struct Pending {
 pub struct AttributeDispatcher {
     config: AttributesConfig,
     sink: Arc<dyn AttributeSink>,
-    limiter: Option<RateLimit>,
+    limiter: Option<DefaultDirectRateLimiter>,
     order: VecDeque<String>,
     pending: HashMap<String, Pending>,
     /// Contacts with an update being sent or waiting to be retried: their next update waits
     /// for it, so a contact's updates reach the sink one at a time, in order.
     sending: HashSet<String>,
-    wake: Wake,
+    wake_scheduled: bool,
 }
 
 impl AttributeDispatcher {
     /// A dispatcher feeding `sink`.
     pub fn new(config: AttributesConfig, sink: Arc<dyn AttributeSink>) -> Self {
-        let limiter = RateLimit::per_second(config.requests_per_second);
+        let limiter = NonZeroU32::new(config.requests_per_second)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
         Self {
             config,
             sink,
@@ -100,7 +102,35 @@ impl AttributeDispatcher {
             order: VecDeque::new(),
             pending: HashMap::new(),
             sending: HashSet::new(),
-            wake: Wake::default(),
+            wake_scheduled: false,
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some(contact) = self.order.front().cloned() {
+            // A contact whose update is still out is queued again once it is settled.
+            if self.sending.contains(&contact) || !self.pending.contains_key(&contact) {
+                self.order.pop_front();
+                continue;
+            }
+            if let Some(limiter) = &self.limiter
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                if !self.wake_scheduled {
+                    self.wake_scheduled = true;
+                    ctx.run_later(wait, |act, ctx| {
+                        act.wake_scheduled = false;
+                        act.pump(ctx);
+                    });
+                }
+                return;
+            }
+            self.order.pop_front();
+            if let Some(pending) = self.pending.remove(&contact) {
+                self.sending.insert(contact.clone());
+                self.send(contact, pending, ctx);
+            }
         }
     }
 
@@ -135,9 +165,9 @@ impl AttributeDispatcher {
                     tracing::warn!(%contact, %error, attempts = pending.attempts, "setting attributes failed; retrying");
                     let delay = backoff(act.config.retry_base_ms, RETRY_CAP_MS, pending.attempts);
                     // Still the contact's update in flight: newer ones merge into it.
-                    retry_later(ctx, delay, move |act, _| {
+                    ctx.run_later(delay, move |act, ctx| {
                         act.enqueue_pending(contact.clone(), pending);
-                        act.settled(contact);
+                        act.settled(contact, ctx);
                     });
                     return;
                 }
@@ -156,17 +186,17 @@ impl AttributeDispatcher {
                     }
                 }
             }
-            act.settled(contact);
-            pump(act, ctx);
+            act.settled(contact, ctx);
         }));
     }
 
     /// The contact's update is out of the way: its next one, if any, may go.
-    fn settled(&mut self, contact: String) {
+    fn settled(&mut self, contact: String, ctx: &mut Context<Self>) {
         self.sending.remove(&contact);
         if self.pending.contains_key(&contact) {
             self.order.push_back(contact);
         }
+        self.pump(ctx);
     }
 
     /// Queues a contact's updates, merging them into any still waiting (the debounce).
@@ -190,31 +220,6 @@ impl Actor for AttributeDispatcher {
     type Context = Context<Self>;
 }
 
-impl Pump for AttributeDispatcher {
-    fn start_due(&mut self, ctx: &mut Context<Self>) -> Option<Duration> {
-        while let Some(contact) = self.order.front().cloned() {
-            // A contact whose update is still out is queued again once it is settled.
-            if self.sending.contains(&contact) || !self.pending.contains_key(&contact) {
-                self.order.pop_front();
-                continue;
-            }
-            if let Some(wait) = self.limiter.as_ref().and_then(|l| l.check().err()) {
-                return Some(wait);
-            }
-            self.order.pop_front();
-            if let Some(pending) = self.pending.remove(&contact) {
-                self.sending.insert(contact.clone());
-                self.send(contact, pending, ctx);
-            }
-        }
-        None
-    }
-
-    fn wake(&mut self) -> &mut Wake {
-        &mut self.wake
-    }
-}
-
 impl Handler<SetAttributes> for AttributeDispatcher {
     type Result = ();
 
@@ -227,7 +232,7 @@ impl Handler<SetAttributes> for AttributeDispatcher {
                 attempts: 0,
             },
         );
-        pump(self, ctx);
+        self.pump(ctx);
     }
 }
 
@@ -313,9 +318,9 @@ mod tests {
     }
 
     async fn settled(outcomes: &Arc<Mutex<Vec<AttributeOutcome>>>, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while outcomes.lock().unwrap().len() < n {
-            assert!(tokio::time::Instant::now() < deadline, "outcomes missing");
+            assert!(std::time::Instant::now() < deadline, "outcomes missing");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -331,7 +336,6 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_contacts_updates_go_one_at_a_time_and_an_older_retry_never_lands_last() {
-        tokio::time::pause();
         let sink = flaky(false);
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let reply = Outcomes(outcomes.clone()).start();
@@ -359,7 +363,6 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_refusal_is_final() {
-        tokio::time::pause();
         let sink = flaky(true);
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let reply = Outcomes(outcomes.clone()).start();

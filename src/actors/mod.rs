@@ -7,7 +7,6 @@ pub mod dispatcher;
 pub mod feed;
 pub mod gateway;
 pub mod projector;
-pub mod pump;
 pub mod router;
 
 use std::sync::Arc;
@@ -99,16 +98,6 @@ pub struct Parts {
     pub attributes: AttributesConfig,
 }
 
-/// Where a pipeline's actors run.
-struct Placement {
-    /// Contact actors, spread by contact id.
-    contacts: Vec<ArbiterHandle>,
-    /// The model gateway.
-    gateway: ArbiterHandle,
-    /// The attribute dispatcher and the projector.
-    sinks: ArbiterHandle,
-}
-
 /// A running pipeline. Start it inside an actix `System`.
 pub struct Pipeline {
     /// The router: send it records.
@@ -124,54 +113,35 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts every actor: contacts on one arbiter (thread) per core, or as configured; the
-    /// gateway, and the sinks with the projector, on threads of their own so that none of
-    /// them slows the router (or each other) down.
+    /// Starts every actor.
     pub fn start(parts: Parts) -> Self {
         let threads = match parts.pipeline.arbiters {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-        let contacts = arbiters.iter().map(Arbiter::handle).collect();
-        let (gateway_thread, sinks_thread) = (Arbiter::new(), Arbiter::new());
-        let placement = Placement {
-            contacts,
-            gateway: gateway_thread.handle(),
-            sinks: sinks_thread.handle(),
-        };
-        arbiters.extend([gateway_thread, sinks_thread]);
-        Self::start_on(parts, placement, arbiters)
-    }
-
-    /// Starts every actor on the current arbiter: one thread, as a test on tokio's paused
-    /// clock needs (only a single-threaded runtime can pause time).
-    pub fn start_here(parts: Parts) -> Self {
-        let here = Arbiter::current();
-        let placement = Placement {
-            contacts: vec![here.clone()],
-            gateway: here.clone(),
-            sinks: here,
-        };
-        Self::start_on(parts, placement, Vec::new())
-    }
-
-    fn start_on(parts: Parts, placement: Placement, arbiters: Vec<Arbiter>) -> Self {
+        let handles = arbiters.iter().map(Arbiter::handle).collect();
         let mailbox = parts.pipeline.max_in_flight.max(16);
-        let router = ContactRouter::new(placement.contacts, mailbox).start();
+        let router = ContactRouter::new(handles, mailbox).start();
+        // The gateway, and the sinks with the projector, get threads of their own so that
+        // none of them slows the router (or each other) down.
+        let gateway_thread = Arbiter::new();
+        let sinks_thread = Arbiter::new();
         let (gateway_config, backends) = (parts.gateway, parts.backends);
-        let gateway = ModelGateway::start_in_arbiter(&placement.gateway, move |_| {
+        let gateway = ModelGateway::start_in_arbiter(&gateway_thread.handle(), move |_| {
             ModelGateway::new(gateway_config, backends)
         });
         let (attributes_config, attribute_sink) = (parts.attributes, parts.attribute_sink);
-        let attributes = AttributeDispatcher::start_in_arbiter(&placement.sinks, move |_| {
+        let attributes = AttributeDispatcher::start_in_arbiter(&sinks_thread.handle(), move |_| {
             AttributeDispatcher::new(attributes_config, attribute_sink)
         });
         let (events, projections) = (parts.store.clone(), parts.projections.clone());
         let every = Duration::from_millis(parts.pipeline.projector_interval_ms.max(10));
-        let projector = Projector::start_in_arbiter(&placement.sinks, move |_| {
+        let projector = Projector::start_in_arbiter(&sinks_thread.handle(), move |_| {
             Projector::new(events, projections, every)
         });
+        arbiters.push(gateway_thread);
+        arbiters.push(sinks_thread);
         router.do_send(SetServices(Arc::new(Services {
             store: parts.store,
             rules: Arc::new(parts.rules),
@@ -257,7 +227,7 @@ impl Pipeline {
         selects: impl Fn(&str) -> bool + Clone + Send + 'static,
         timeout: Duration,
     ) -> Result<usize, StoreError> {
-        let start = actix::clock::Instant::now();
+        let start = std::time::Instant::now();
         loop {
             let among: Selector = Box::new(selects.clone());
             let activity = self

@@ -7,20 +7,16 @@
 //! reported, except a contact's latest customer utterance, which is always judged; summaries
 //! are never dropped.
 
-mod lane;
-mod queue;
-
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::clock::Instant;
 use actix::prelude::*;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use self::lane::Lane;
-use self::queue::{SentimentJob, SentimentQueue, SummaryJob, Work, estimate_tokens};
-use super::pump::{Pump, Wake, pump, retry_later};
 use crate::backoff::backoff;
 use crate::events::{
     ModelCallSkipped, ModelTask, Participant, SentimentAssessed, SummaryFailed, SummaryGenerated,
@@ -171,6 +167,246 @@ pub struct QueueDepth {
     pub running: usize,
 }
 
+/// What a model request is for, within its contact: the gateway holds each at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Work {
+    Sentiment(String),
+    Summary(u32),
+}
+
+impl SentimentJob {
+    /// The utterances it judges.
+    fn work(&self) -> Vec<Work> {
+        std::iter::once(&self.request.segment_id)
+            .chain(&self.coalesced)
+            .map(|s| Work::Sentiment(s.clone()))
+            .collect()
+    }
+}
+
+struct SentimentJob {
+    request: JudgeUtterance,
+    coalesced: Vec<String>,
+    enqueued: Instant,
+    newest: Instant,
+    attempts: u32,
+}
+
+struct SummaryJob {
+    request: WriteSummary,
+    attempts: u32,
+    enqueued: Instant,
+}
+
+/// Waiting sentiment jobs of one class of speaker: first come, first served across
+/// contacts; a contact's new utterance joins its last waiting job when the speaker is the
+/// same and there is room.
+#[derive(Default)]
+struct ContactFifo {
+    order: VecDeque<String>,
+    jobs: HashMap<String, VecDeque<SentimentJob>>,
+    len: usize,
+}
+
+impl ContactFifo {
+    /// Merges `request` into the contact's last waiting job when it can; gives it back
+    /// otherwise.
+    fn coalesce(
+        &mut self,
+        request: JudgeUtterance,
+        max_coalesced: usize,
+    ) -> Option<JudgeUtterance> {
+        let Some(last) = self
+            .jobs
+            .get_mut(&request.contact_id)
+            .and_then(|q| q.back_mut())
+            .filter(|last| {
+                last.request.participant == request.participant
+                    && last.coalesced.len() + 1 < max_coalesced
+            })
+        else {
+            return Some(request);
+        };
+        let older = std::mem::replace(&mut last.request, request);
+        last.coalesced.push(older.segment_id);
+        last.request.text = format!("{}\n{}", older.text, last.request.text);
+        last.newest = Instant::now();
+        None
+    }
+
+    fn push_job(&mut self, job: SentimentJob, front: bool) {
+        let contact = job.request.contact_id.clone();
+        let queue = self.jobs.entry(contact.clone()).or_default();
+        if front {
+            queue.push_front(job);
+            self.order.push_front(contact);
+        } else {
+            queue.push_back(job);
+            self.order.push_back(contact);
+        }
+        self.len += 1;
+    }
+
+    /// The oldest job, and whether a newer job of the same contact waits behind it.
+    fn front(&self) -> Option<(&SentimentJob, bool)> {
+        let contact = self.order.front()?;
+        let queue = self.jobs.get(contact)?;
+        Some((queue.front()?, queue.len() > 1))
+    }
+
+    fn pop_front(&mut self) -> Option<SentimentJob> {
+        let contact = self.order.pop_front()?;
+        let queue = self.jobs.get_mut(&contact)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.jobs.remove(&contact);
+        }
+        self.len -= 1;
+        job
+    }
+}
+
+/// Waiting sentiment jobs: customer utterances (and those of unnamed speakers, which
+/// escalate like them) before agent turns, each class first come, first served.
+#[derive(Default)]
+struct SentimentQueue {
+    customers: ContactFifo,
+    agents: ContactFifo,
+}
+
+/// The next job to start or drop, and what may be done with it.
+struct Front {
+    /// From the agents' queue.
+    agent: bool,
+    /// When the newest utterance in it arrived.
+    newest: Instant,
+    /// Rough prompt size.
+    tokens: u32,
+    /// A newer job of the same contact and class waits behind it.
+    superseded: bool,
+}
+
+impl SentimentQueue {
+    fn len(&self) -> usize {
+        self.customers.len + self.agents.len
+    }
+
+    fn class(&mut self, agent: bool) -> &mut ContactFifo {
+        if agent {
+            &mut self.agents
+        } else {
+            &mut self.customers
+        }
+    }
+
+    /// Queues a request (or merges it); returns the oldest job if the queue overflowed
+    /// (an agent turn while there is one).
+    fn push(
+        &mut self,
+        request: JudgeUtterance,
+        max_coalesced: usize,
+        max_len: usize,
+    ) -> Option<SentimentJob> {
+        let agent = request.participant == Participant::Agent;
+        let request = self.class(agent).coalesce(request, max_coalesced)?;
+        let overflow = if self.len() >= max_len {
+            self.pop_front_of(self.agents.len > 0)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        self.class(agent).push_job(
+            SentimentJob {
+                request,
+                coalesced: Vec::new(),
+                enqueued: now,
+                newest: now,
+                attempts: 0,
+            },
+            false,
+        );
+        overflow
+    }
+
+    /// Puts a job back at the front of its class (a retry).
+    fn push_front(&mut self, job: SentimentJob) {
+        let agent = job.request.participant == Participant::Agent;
+        self.class(agent).push_job(job, true);
+    }
+
+    /// What would be started next: a customer's job while one waits, else an agent's.
+    fn front(&self) -> Option<Front> {
+        let (agent, (job, superseded)) = match self.customers.front() {
+            Some(front) => (false, front),
+            None => (true, self.agents.front()?),
+        };
+        Some(Front {
+            agent,
+            newest: job.newest,
+            tokens: estimate_tokens(job.request.text.len()),
+            superseded,
+        })
+    }
+
+    fn pop_front_of(&mut self, agent: bool) -> Option<SentimentJob> {
+        self.class(agent).pop_front()
+    }
+}
+
+/// One model's limits and current use.
+struct Lane {
+    limits: ModelLimits,
+    running: usize,
+    requests: Option<DefaultDirectRateLimiter>,
+    tokens: Option<DefaultDirectRateLimiter>,
+}
+
+impl Lane {
+    fn new(limits: ModelLimits) -> Self {
+        let requests = NonZeroU32::new(limits.requests_per_second)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let tokens = NonZeroU32::new(limits.tokens_per_minute)
+            .map(|n| RateLimiter::direct(Quota::per_minute(n)));
+        Self {
+            limits,
+            running: 0,
+            requests,
+            tokens,
+        }
+    }
+
+    /// Takes a slot for a call of about `tokens` tokens, or says how long to wait.
+    fn admit(&mut self, tokens: u32) -> Result<(), Option<Duration>> {
+        if self.running >= self.limits.concurrency.max(1) {
+            return Err(None);
+        }
+        let now = DefaultClock::default().now();
+        if let Some(limiter) = &self.requests
+            && let Err(not_until) = limiter.check()
+        {
+            return Err(Some(not_until.wait_time_from(now)));
+        }
+        if let Some(limiter) = &self.tokens {
+            let n = NonZeroU32::new(tokens.max(1)).expect("at least 1");
+            match limiter.check_n(n) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => return Err(Some(not_until.wait_time_from(now))),
+                // A call bigger than a whole minute's budget can never fit: let it through
+                // alone rather than starve it.
+                Err(_) if self.running == 0 => {}
+                Err(_) => return Err(None),
+            }
+        }
+        self.running += 1;
+        Ok(())
+    }
+}
+
+/// Rough token count of a prompt: about four characters a token, plus the instructions.
+fn estimate_tokens(text_len: usize) -> u32 {
+    (text_len / 4 + 64).min(u32::MAX as usize) as u32
+}
+
 /// The gateway actor.
 pub struct ModelGateway {
     config: GatewayConfig,
@@ -178,8 +414,8 @@ pub struct ModelGateway {
     lanes: HashMap<String, Lane>,
     sentiment: SentimentQueue,
     summaries: VecDeque<SummaryJob>,
-    /// The pending wake-up.
-    wake: Wake,
+    /// When the earliest pending wake-up fires.
+    wake_at: Option<Instant>,
     /// Where the outcome of each request queued or running goes. A contact actor that
     /// restarts asks again for what it still awaits: the request is not queued twice (the
     /// model is not called twice), only its answer is sent to the latest asker.
@@ -201,7 +437,7 @@ impl ModelGateway {
             lanes,
             sentiment: SentimentQueue::default(),
             summaries: VecDeque::new(),
-            wake: Wake::default(),
+            wake_at: None,
             replies: HashMap::new(),
             cancel: CancellationToken::new(),
         }
@@ -217,6 +453,44 @@ impl ModelGateway {
 
     fn lane(&mut self, id: &str) -> &mut Lane {
         self.lanes.get_mut(id).expect("a lane per backend")
+    }
+
+    /// Starts every call the limits allow, sentiment first.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut wait: Option<Duration> = None;
+        // A summary put off for `summary_max_defer_ms` takes the next slot of a model it
+        // shares with sentiment: steady sentiment load never starves summaries.
+        let max_defer = Duration::from_millis(self.config.summary_max_defer_ms);
+        let overdue = self
+            .summaries
+            .front()
+            .is_some_and(|job| job.enqueued.elapsed() >= max_defer);
+        if overdue {
+            self.pump_summaries(&mut wait, ctx);
+        }
+        self.pump_sentiment(&mut wait, ctx);
+        self.pump_summaries(&mut wait, ctx);
+        let depth = &metrics().queue_depth;
+        depth
+            .with_label_values(&["sentiment"])
+            .set(self.sentiment.len() as i64);
+        depth
+            .with_label_values(&["summary"])
+            .set(self.summaries.len() as i64);
+        // One timer per sooner deadline: a long wait (a summary's token budget) never
+        // delays a short one (a sentiment call's rate limit).
+        if let Some(wait) = wait {
+            let at = Instant::now() + wait;
+            if self.wake_at.is_none_or(|pending| at < pending) {
+                self.wake_at = Some(at);
+                ctx.run_later(wait, move |act, ctx| {
+                    if act.wake_at == Some(at) {
+                        act.wake_at = None;
+                    }
+                    act.pump(ctx);
+                });
+            }
+        }
     }
 
     /// Starts the sentiment calls the limits allow, dropping stale ones.
@@ -347,12 +621,17 @@ impl ModelGateway {
                 Err(e) if e.is_transient() && job.attempts < act.config.sentiment_attempts => {
                     tracing::warn!(contact = %job.request.contact_id, error = %e, "sentiment call failed; retrying");
                     let delay = act.backoff(job.attempts);
-                    retry_later(ctx, delay, move |act, _| act.sentiment.push_front(job));
+                    ctx.run_later(delay, move |act, ctx| act.requeue_sentiment(job, ctx));
                 }
                 Err(e) => act.skip(job, &format!("model failed: {e}")),
             }
-            pump(act, ctx);
+            act.pump(ctx);
         }));
+    }
+
+    fn requeue_sentiment(&mut self, job: SentimentJob, ctx: &mut Context<Self>) {
+        self.sentiment.push_front(job);
+        self.pump(ctx);
     }
 
     fn start_summary(&mut self, mut job: SummaryJob, ctx: &mut Context<Self>) {
@@ -377,7 +656,10 @@ impl ModelGateway {
                 Err(e) if e.is_transient() => {
                     tracing::warn!(contact = %r.contact_id, error = %e, attempts = job.attempts, "summary call failed; retrying");
                     let delay = act.backoff(job.attempts);
-                    retry_later(ctx, delay, move |act, _| act.summaries.push_front(job));
+                    ctx.run_later(delay, move |act, ctx| {
+                        act.summaries.push_front(job);
+                        act.pump(ctx);
+                    });
                 }
                 Err(e) => act.settle(&r.contact_id, work, &r.reply).do_send(ModelOutcome::SummaryFailed(SummaryFailed {
                     version: r.version,
@@ -386,7 +668,7 @@ impl ModelGateway {
                     attempts: job.attempts,
                 })),
             }
-            pump(act, ctx);
+            act.pump(ctx);
         }));
     }
 }
@@ -439,37 +721,6 @@ impl Actor for ModelGateway {
     }
 }
 
-impl Pump for ModelGateway {
-    /// Starts every call the limits allow, sentiment first.
-    fn start_due(&mut self, ctx: &mut Context<Self>) -> Option<Duration> {
-        let mut wait: Option<Duration> = None;
-        // A summary put off for `summary_max_defer_ms` takes the next slot of a model it
-        // shares with sentiment: steady sentiment load never starves summaries.
-        let max_defer = Duration::from_millis(self.config.summary_max_defer_ms);
-        let overdue = self
-            .summaries
-            .front()
-            .is_some_and(|job| job.enqueued.elapsed() >= max_defer);
-        if overdue {
-            self.pump_summaries(&mut wait, ctx);
-        }
-        self.pump_sentiment(&mut wait, ctx);
-        self.pump_summaries(&mut wait, ctx);
-        let depth = &metrics().queue_depth;
-        depth
-            .with_label_values(&["sentiment"])
-            .set(self.sentiment.len() as i64);
-        depth
-            .with_label_values(&["summary"])
-            .set(self.summaries.len() as i64);
-        wait
-    }
-
-    fn wake(&mut self) -> &mut Wake {
-        &mut self.wake
-    }
-}
-
 impl Handler<JudgeUtterance> for ModelGateway {
     type Result = ();
 
@@ -485,7 +736,7 @@ impl Handler<JudgeUtterance> for ModelGateway {
         ) {
             self.skip(oldest, "sentiment queue full (overload)");
         }
-        pump(self, ctx);
+        self.pump(ctx);
     }
 }
 
@@ -502,7 +753,7 @@ impl Handler<WriteSummary> for ModelGateway {
             attempts: 0,
             enqueued: Instant::now(),
         });
-        pump(self, ctx);
+        self.pump(ctx);
     }
 }
 
