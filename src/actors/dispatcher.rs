@@ -151,14 +151,7 @@ impl AttributeDispatcher {
             match result {
                 Ok(()) => {
                     count("ok");
-                    for r in pending.requests.drain(..) {
-                        r.reply.do_send(AttributeOutcome::Updated(AttributesUpdated {
-                            for_seq: r.for_seq,
-                            sink: act.sink.name().to_string(),
-                            attributes: r.attributes,
-                            attempts: pending.attempts,
-                        }));
-                    }
+                    act.answer(pending, None);
                 }
                 Err(SinkError::Transient(error)) if pending.attempts < act.config.max_attempts => {
                     count("retried");
@@ -175,19 +168,35 @@ impl AttributeDispatcher {
                     let error = error.to_string();
                     count("failed");
                     tracing::error!(%contact, %error, "setting attributes failed for good");
-                    for r in pending.requests.drain(..) {
-                        r.reply.do_send(AttributeOutcome::Failed(AttributesUpdateFailed {
-                            for_seq: r.for_seq,
-                            sink: act.sink.name().to_string(),
-                            attributes: r.attributes,
-                            attempts: pending.attempts,
-                            error: error.clone(),
-                        }));
-                    }
+                    act.answer(pending, Some(error));
                 }
             }
             act.settled(contact, ctx);
         }));
+    }
+
+    /// Tells each request of `pending` what became of it: set, or given up with `error`.
+    fn answer(&self, pending: Pending, error: Option<String>) {
+        let attempts = pending.attempts;
+        for r in pending.requests {
+            let (for_seq, sink, attributes) =
+                (r.for_seq, self.sink.name().to_string(), r.attributes);
+            r.reply.do_send(match &error {
+                None => AttributeOutcome::Updated(AttributesUpdated {
+                    for_seq,
+                    sink,
+                    attributes,
+                    attempts,
+                }),
+                Some(error) => AttributeOutcome::Failed(AttributesUpdateFailed {
+                    for_seq,
+                    sink,
+                    attributes,
+                    attempts,
+                    error: error.clone(),
+                }),
+            });
+        }
     }
 
     /// The contact's update is out of the way: its next one, if any, may go.
