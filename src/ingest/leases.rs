@@ -27,7 +27,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ScalarAttributeType};
 use rand::seq::SliceRandom;
 
-use crate::store::dynamodb::{create_table, s};
+use crate::aws::dynamodb::{create_table, s};
 
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
