@@ -1,26 +1,22 @@
-//! The `callpulse` command line.
+//! The `callpulse` command line: its subcommands and flags, parsed with clap and handed to
+//! `callpulse::app::commands`, which does what each one says.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use callpulse::app::query::{self, Format};
-use callpulse::app::replay::{self, ReplayTarget};
-use callpulse::app::{DataDir, run::Inputs, verify};
-use callpulse::app::{bench, demo};
+use callpulse::app::faults::FaultOptions;
+use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
+use callpulse::app::query::Format;
+use callpulse::app::replay::ReplayTarget;
+use callpulse::app::run::Inputs;
+use callpulse::app::{DataDir, commands};
 use callpulse::config::Config;
-use callpulse::eval;
-use callpulse::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
 use callpulse::models::Label;
-use callpulse::models::fetch;
-use callpulse::models::head::is_holdout;
-use callpulse::models::local::{LocalConfig, LocalModel};
 use callpulse::store::ContactFilter;
-use callpulse::store::anchor::Anchor;
 
 /// Real-time call analytics: sentiment, escalations and summaries with small language models.
 #[derive(Parser)]
@@ -372,15 +368,6 @@ fn main() -> anyhow::Result<()> {
     actix::System::new().block_on(run(cli.command, config, data_dir))
 }
 
-/// Prints a harness's report as JSON; exit status 1 unless every invariant held.
-fn print_verdict(report: &impl serde::Serialize, clean: bool) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(report)?);
-    if !clean {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CALLPULSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,llama_cpp_2=error"));
@@ -394,8 +381,10 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// Hands the parsed subcommand to what does it (`callpulse::app::commands`).
 async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
     let local = config.models.local.clone();
+    let data_dir = data_dir.as_path();
     match command {
         Command::Run {
             inputs,
@@ -403,203 +392,62 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             kinesis,
             settle_timeout,
         } => {
-            let data = DataDir::open(&data_dir)?;
-            let _lock = data.lock("run")?;
-            let backends = callpulse::app::backends(&config).await?;
-            let stats = callpulse::app::run::run(
-                &config,
-                &data,
-                backends,
-                Inputs {
-                    files: inputs,
-                    listen,
-                    settle_timeout: Duration::from_secs(settle_timeout),
-                    kinesis,
-                    stop: Default::default(),
-                },
-            )
-            .await?;
-            eprintln!(
-                "appended {} records, {} duplicates, {} refused, {} rejected, {} undeliverable (refusals in {})",
-                stats.appended,
-                stats.duplicates,
-                stats.refused,
-                stats.rejected,
-                stats.undeliverable,
-                data.reject_log().display()
-            );
+            let inputs = Inputs {
+                files: inputs,
+                listen,
+                settle_timeout: Duration::from_secs(settle_timeout),
+                kinesis,
+                stop: Default::default(),
+            };
+            commands::run(&config, data_dir, inputs).await
         }
         Command::Replay { contacts, dry_run } => {
-            let data = DataDir::open(&data_dir)?;
-            let _lock = data.lock("replay")?;
-            let (events, projections) = callpulse::app::stores(&config, &data).await?;
-            let backends = callpulse::app::backends(&config).await?;
-            let target = contacts.target();
-            let sink = callpulse::app::summary_sink(&config, &data).await?;
-            let report = replay::replay(
-                events.as_ref(),
-                projections.as_ref(),
-                backends.summariser.as_ref(),
-                std::sync::Arc::new(config.escalation.clone()),
-                sink.as_ref(),
-                &target,
-                dry_run,
-                &mut std::io::stdout(),
-            )
-            .await?;
-            eprintln!("{report}");
+            commands::replay(&config, data_dir, contacts.target(), dry_run).await
         }
         Command::Summaries {
             action: SummariesAction::Resend { contacts, missing },
-        } => {
-            let data = DataDir::open(&data_dir)?;
-            let _lock = data.lock("summaries resend")?;
-            let (events, projections) = callpulse::app::stores(&config, &data).await?;
-            let target = contacts.target();
-            let sink = callpulse::app::summary_sink(&config, &data).await?;
-            let report = callpulse::app::resend::resend(
-                events.as_ref(),
-                projections.as_ref(),
-                std::sync::Arc::new(config.escalation.clone()),
-                sink.as_ref(),
-                &target,
-                missing,
-                &mut std::io::stdout(),
-            )
-            .await?;
-            eprintln!("{report}");
-            if report.failed > 0 {
-                std::process::exit(1);
-            }
-        }
-        Command::Query { what } => {
-            let data = DataDir::open(&data_dir)?;
-            let (events, projections) = callpulse::app::stores(&config, &data).await?;
-            let mut out = std::io::stdout();
-            match what {
+        } => commands::resend_summaries(&config, data_dir, contacts.target(), missing).await,
+        Command::Query {
+            what:
                 QueryWhat::Contacts {
                     escalated,
                     since,
                     until,
                     sentiment,
                     format,
-                } => {
-                    // A running worker keeps the read models current; otherwise bring them
-                    // up to date here.
-                    if let Ok(_lock) = data.try_lock("query")? {
-                        callpulse::store::projection::catch_up(
-                            events.as_ref(),
-                            projections.as_ref(),
-                            10_000,
-                        )
-                        .await?;
-                    }
-                    let filter = ContactFilter {
-                        escalated: escalated.then_some(true),
-                        since,
-                        until,
-                        sentiment,
-                        limit: None,
-                    };
-                    query::contacts(projections.as_ref(), &filter, format, &mut out).await?;
-                }
-                QueryWhat::Contact { contact_id, format } => {
-                    query::contact(events.as_ref(), &contact_id, format, &mut out).await?;
-                }
-            }
-        }
-        Command::Verify { contact_id, anchor } => {
-            let data = DataDir::open(&data_dir)?;
-            let (events, _) = callpulse::app::stores(&config, &data).await?;
-            let path = anchor.unwrap_or_else(|| data.anchor());
-            let anchor = match path.exists() {
-                true => Some(Anchor::open(&path)?),
-                false => None,
+                },
+        } => {
+            let filter = ContactFilter {
+                escalated: escalated.then_some(true),
+                since,
+                until,
+                sentiment,
+                limit: None,
             };
-            let heads = anchor.as_ref().map(Anchor::heads);
-            let report = verify::verify(events.as_ref(), contact_id.as_deref(), heads).await?;
-            println!("{report}");
-            match &anchor {
-                Some(anchor) => println!(
-                    "anchor {}: {} seals, {} contacts",
-                    anchor.path().display(),
-                    anchor.seals(),
-                    anchor.heads().len()
-                ),
-                None => println!(
-                    "no anchor at {}: events deleted from a contact's end cannot be detected",
-                    path.display()
-                ),
-            }
-            if !report.is_ok() {
-                std::process::exit(1);
-            }
+            commands::query_contacts(&config, data_dir, &filter, format).await
+        }
+        Command::Query {
+            what: QueryWhat::Contact { contact_id, format },
+        } => commands::query_contact(&config, data_dir, &contact_id, format).await,
+        Command::Verify { contact_id, anchor } => {
+            commands::verify(&config, data_dir, contact_id.as_deref(), anchor).await
         }
         Command::Fleet {
             action: FleetAction::Status { format },
-        } => {
-            let kinesis = config
-                .kinesis
-                .as_ref()
-                .context("fleet status needs a [kinesis] config table naming the stream")?;
-            let source = callpulse::ingest::kinesis::KinesisSource::new(kinesis).await?;
-            let data = DataDir::open(&data_dir)?;
-            let (_, projections) = callpulse::app::stores(&config, &data).await?;
-            let shards = callpulse::app::fleet::status(&source, projections.as_ref()).await?;
-            callpulse::app::fleet::write(&shards, format, &mut std::io::stdout())?;
-        }
+        } => commands::fleet_status(&config, data_dir, format).await,
         Command::Store {
             action: StoreAction::Init,
-        } => {
-            match config.store.kind {
-                callpulse::config::StoreKind::Sqlite => {
-                    let data = DataDir::open(&data_dir)?;
-                    data.stores()?;
-                    println!("SQLite store ready at {}", data.database().display());
-                }
-                callpulse::config::StoreKind::Dynamodb => {
-                    let dynamo = &config.store.dynamodb;
-                    callpulse::store::dynamodb::create_tables(&dynamo.client().await, dynamo)
-                        .await?;
-                    println!(
-                        "DynamoDB tables {} and {} ready",
-                        dynamo.events_table, dynamo.projections_table
-                    );
-                }
-            }
-            if let Some(kinesis) = &config.kinesis {
-                let sdk = callpulse::aws::sdk_config(&kinesis.lease_endpoint).await;
-                let client = aws_sdk_dynamodb::Client::new(&sdk);
-                callpulse::ingest::leases::LeaseTable::create(&client, &kinesis.lease_table)
-                    .await?;
-                println!("Kinesis lease table {} ready", kinesis.lease_table);
-            }
-        }
+        } => commands::store_init(&config, data_dir).await,
         Command::Projections {
             action: ProjectionsAction::Rebuild,
-        } => {
-            let data = DataDir::open(&data_dir)?;
-            let _lock = data.lock("projections rebuild")?;
-            let (events, projections) = callpulse::app::stores(&config, &data).await?;
-            let n = query::rebuild_projections(events.as_ref(), projections.as_ref()).await?;
-            println!("read models rebuilt from {n} events");
-        }
+        } => commands::rebuild_projections(&config, data_dir).await,
         Command::Model {
             action: ModelAction::Fetch { force },
-        } => {
-            let path = fetch::fetch_default(force)?;
-            println!("{}", path.display());
-        }
+        } => commands::model_fetch(force),
         Command::Model {
             action: ModelAction::Info,
-        } => {
-            let model = LocalModel::load(local)?;
-            println!("{}", serde_json::to_string_pretty(model.info())?);
-        }
-        Command::Demo { calls } => {
-            let path = calls.unwrap_or_else(demo::samples_dir);
-            demo::run(&config, &path, &mut std::io::stdout()).await?;
-        }
+        } => commands::model_info(local),
+        Command::Demo { calls } => commands::demo(&config, calls).await,
         Command::Eval {
             task:
                 EvalTask::Sentiment {
@@ -608,33 +456,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     holdout,
                     json,
                 },
-        } => {
-            let mut rows: Vec<SentimentRow> = read_jsonl(&data)?;
-            if holdout {
-                rows.retain(|r| is_holdout(&r.id));
-            }
-            let rows = take_stratified(rows, limit, |r| &r.source);
-            let model = LocalModel::load(local)?;
-            let report = eval::sentiment(&model, &rows).await?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "{:<10} {:>6} {:>8} {:>8} {:>8} {:>8}",
-                    "source", "n", "macroF1", "acc", "negP", "negR"
-                );
-                let line = |name: &str, m: &eval::metrics::ClassMetrics| {
-                    println!(
-                        "{name:<10} {:>6} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
-                        m.n, m.macro_f1, m.accuracy, m.negative_precision, m.negative_recall
-                    )
-                };
-                for (source, m) in &report.per_source {
-                    line(source, m);
-                }
-                line("overall", &report.overall);
-            }
-        }
+        } => commands::eval_sentiment(local, &data, limit, holdout, json).await,
         Command::Eval {
             task:
                 EvalTask::Summary {
@@ -643,41 +465,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     lead_baseline,
                     json,
                 },
-        } => {
-            let rows: Vec<SummaryRow> = read_jsonl(&data)?;
-            let rows = take_stratified(rows, limit, |r| &r.source);
-            let report = match lead_baseline {
-                Some(n) => eval::summary(&eval::LeadTurns(n), &rows).await?,
-                None => eval::summary(&LocalModel::load(local)?, &rows).await?,
-            };
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "{:<10} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
-                    "source", "n", "R1", "R2", "RL", "failed", "words", "novel"
-                );
-                let line = |name: &str, m: &eval::SummaryMetrics| {
-                    println!(
-                        "{name:<10} {:>6} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7.1} {:>7.3}",
-                        m.n,
-                        m.rouge.rouge1,
-                        m.rouge.rouge2,
-                        m.rouge.rouge_l,
-                        m.failed,
-                        m.mean_words,
-                        m.novel_entity_share
-                    )
-                };
-                for (source, m) in &report.per_source {
-                    line(source, m);
-                }
-                line("overall", &report.overall);
-                println!(
-                    "(ROUGE F1 vs best reference; lower-cased alphanumeric tokens, Snowball English stemming)"
-                );
-            }
-        }
+        } => commands::eval_summary(local, &data, limit, lead_baseline, json).await,
         Command::Train {
             what:
                 TrainWhat::SentimentHead {
@@ -688,51 +476,11 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     out,
                 },
         } => {
-            let model = LocalModel::load(LocalConfig {
-                zero_shot: true,
-                ..local
-            })?;
-            let command = format!(
-                "callpulse train sentiment-head --data {}{}{} --alphas {}",
-                data.file_name().map_or("?".into(), |f| f.to_string_lossy()),
-                limit.map(|n| format!(" --limit {n}")).unwrap_or_default(),
-                holdout_limit
-                    .map(|n| format!(" --holdout-limit {n}"))
-                    .unwrap_or_default(),
-                alphas
-                    .iter()
-                    .map(f64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-            let outcome =
-                eval::train::sentiment_head(&model, &data, limit, holdout_limit, &alphas, command)
-                    .await?;
-            std::fs::write(&out, serde_json::to_string(&outcome.head)? + "\n")
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("{}", serde_json::to_string_pretty(&outcome.holdout)?);
-            eprintln!("head written to {}", out.display());
+            commands::train_sentiment_head(local, &data, limit, holdout_limit, &alphas, &out).await
         }
         Command::Bench {
             what: BenchWhat::Model { utterances, json },
-        } => {
-            let threads = match local.threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
-            let result = bench::model(
-                || LocalModel::load(local),
-                &demo::samples_dir(),
-                utterances,
-                threads,
-            )
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string(&result)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            }
-        }
+        } => commands::bench_model(local, utterances, json).await,
         Command::Bench {
             what:
                 BenchWhat::Faults {
@@ -743,24 +491,18 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     seed,
                 },
         } => {
-            let options = callpulse::app::faults::FaultOptions {
+            let options = FaultOptions {
                 calls,
                 utterances,
                 kills,
                 max_life_ms,
                 seed,
             };
-            let exe = std::env::current_exe().context("finding the callpulse binary")?;
-            let report = callpulse::app::faults::run(&exe, &options).await?;
-            print_verdict(&report, report.is_clean())?;
+            commands::bench_faults(&options).await
         }
         Command::Bench {
             what: BenchWhat::Fleet(options),
-        } => {
-            let exe = std::env::current_exe().context("finding the callpulse binary")?;
-            let report = callpulse::app::fleet_bench::run(&exe, &options).await?;
-            print_verdict(&report, report.is_clean())?;
-        }
+        } => commands::bench_fleet(&options).await,
         Command::Bench {
             what:
                 BenchWhat::Pipeline {
@@ -772,7 +514,6 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     json,
                 },
         } => {
-            use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
             let model = match backend.as_str() {
                 "local" => BenchModel::Local,
                 _ => BenchModel::StandIn { latency_ms },
@@ -783,13 +524,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 utterances_per_call: utterances,
                 pace_ms: (pace_ms > 0).then_some(pace_ms),
             };
-            let result = callpulse::app::pipeline_bench::pipeline(&config, options).await?;
-            if json {
-                println!("{}", serde_json::to_string(&result)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            }
+            commands::bench_pipeline(&config, options, json).await
         }
     }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! models, sinks) from config.
 
 pub mod bench;
+pub mod commands;
 pub mod demo;
 pub mod faults;
 pub mod fleet;
