@@ -35,7 +35,7 @@ use super::{
 };
 
 /// The head trained for the packaged SmolLM2-135M-Instruct (Q8_0 copy; see its provenance).
-const BUILTIN_HEAD: &str = include_str!("heads/smollm2-135m-instruct-q8_0.json");
+const BUILTIN_HEAD: &str = include_str!("../heads/smollm2-135m-instruct-q8_0.json");
 
 /// Settings of the local backend (`[models.local]` in config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
