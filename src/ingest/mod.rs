@@ -5,8 +5,9 @@
 pub mod contact_lens;
 pub mod http;
 pub mod kinesis;
-pub mod leases;
 pub mod record;
 pub mod source;
 
+/// The shard leases, also at their path before they joined the Kinesis adapter's folder.
+pub use kinesis::leases;
 pub use source::{Incoming, Ingested, Position, ReadStats, RejectLog, Rejected, read_jsonl};

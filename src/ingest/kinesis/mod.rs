@@ -6,6 +6,8 @@
 //! lease moving to another worker re-reads at most the batch in progress, and re-reading is
 //! harmless: records already in the log are not appended twice.
 
+pub mod leases;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
