@@ -195,7 +195,7 @@ pub async fn store_init(config: &Config, data_dir: &Path) -> anyhow::Result<()> 
     if let Some(kinesis) = &config.kinesis {
         let sdk = crate::aws::sdk_config(&kinesis.lease_endpoint).await;
         let client = aws_sdk_dynamodb::Client::new(&sdk);
-        crate::ingest::leases::LeaseTable::create(&client, &kinesis.lease_table).await?;
+        crate::ingest::kinesis::leases::LeaseTable::create(&client, &kinesis.lease_table).await?;
         println!("Kinesis lease table {} ready", kinesis.lease_table);
     }
     Ok(())
