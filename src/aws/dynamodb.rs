@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::client::Waiters;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, ScalarAttributeType,
 };
+
+use super::sdk_error;
 
 /// A string attribute.
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
@@ -91,15 +92,14 @@ pub(crate) async fn create_table(
             .as_service_error()
             .is_some_and(|e| e.is_resource_in_use_exception())
     {
-        return Err(anyhow::anyhow!("{}", DisplayErrorContext(&error)))
-            .with_context(|| format!("creating DynamoDB table {name}"));
+        return Err(sdk_error(&error)).with_context(|| format!("creating DynamoDB table {name}"));
     }
     let described = client
         .wait_until_table_exists()
         .table_name(name)
         .wait(Duration::from_secs(300))
         .await
-        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))
+        .map_err(sdk_error)
         .with_context(|| format!("waiting for DynamoDB table {name}"))?;
     let table = described
         .as_result()

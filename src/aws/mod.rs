@@ -10,6 +10,7 @@ pub(crate) mod stub;
 
 use std::time::Duration;
 
+use aws_smithy_types::error::display::DisplayErrorContext;
 use serde::{Deserialize, Serialize};
 
 /// Where one AWS service is reached: the standard chain, or an override.
@@ -49,6 +50,12 @@ pub async fn sdk_config(endpoint: &AwsEndpoint) -> aws_config::SdkConfig {
         loader = loader.endpoint_url(url.clone());
     }
     loader.load().await
+}
+
+/// An SDK error as an [`anyhow::Error`] that says what went wrong with the whole chain of
+/// causes (an SDK error's own message is only "service error" or "dispatch failure").
+pub(crate) fn sdk_error<E: std::error::Error>(error: E) -> anyhow::Error {
+    anyhow::anyhow!("{}", DisplayErrorContext(error))
 }
 
 #[cfg(test)]

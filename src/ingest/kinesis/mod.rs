@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use anyhow::Context;
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -30,7 +29,7 @@ use super::source::RejectLog;
 use crate::actors::Pipeline;
 use crate::actors::feed::FeedStats;
 use crate::actors::router::{ContactRouter, Release};
-use crate::aws::sdk_config;
+use crate::aws::{sdk_config, sdk_error};
 use crate::metrics::metrics;
 use crate::models::CancellationToken;
 use leases::{Lease, LeasePlanner, LeaseTable, ShardInfo};
@@ -148,7 +147,7 @@ impl KinesisSource {
             .stream_name(&self.config.stream)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .map_err(sdk_error)
             .with_context(|| format!("Kinesis stream {:?} cannot be read", self.config.stream))?;
         self.leases
             .list()

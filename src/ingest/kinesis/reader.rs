@@ -17,6 +17,7 @@ use super::leases::{LATEST, Lease, SHARD_END, ShardInfo, TRIM_HORIZON};
 use super::{Feeding, KinesisSource, ReaderEnd};
 use crate::actors::feed::{FeedStats, feed};
 use crate::actors::router::ContactRouter;
+use crate::aws::sdk_error;
 use crate::backoff::backoff;
 use crate::ingest::source::{LineReader, ReadStats, RejectLog};
 use crate::metrics::metrics;
@@ -35,7 +36,7 @@ impl KinesisSource {
             let page = request
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .map_err(sdk_error)
                 .with_context(|| format!("listing the shards of {}", self.config.stream))?;
             for shard in page.shards() {
                 let key = |k: &str| k.parse::<u128>().ok();
@@ -60,11 +61,7 @@ impl KinesisSource {
     }
 
     /// An iterator positioned just after `checkpoint`.
-    pub(super) async fn iterator(
-        &self,
-        shard_id: &str,
-        checkpoint: &str,
-    ) -> anyhow::Result<String> {
+    async fn iterator(&self, shard_id: &str, checkpoint: &str) -> anyhow::Result<String> {
         let request = self
             .kinesis
             .get_shard_iterator()
@@ -80,7 +77,7 @@ impl KinesisSource {
         let out = request
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+            .map_err(sdk_error)
             .with_context(|| format!("positioning on {shard_id} after {checkpoint}"))?;
         out.shard_iterator
             .context("GetShardIterator returned no iterator")
@@ -114,7 +111,7 @@ impl KinesisSource {
                         .limit(1)
                         .send()
                         .await
-                        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))?;
+                        .map_err(sdk_error)?;
                     page.millis_behind_latest
                 }
             };
@@ -258,7 +255,7 @@ impl KinesisSource {
     }
 
     /// One GetRecords call.
-    pub(super) async fn page(
+    async fn page(
         &self,
         iterator: &str,
     ) -> Result<GetRecordsOutput, SdkError<GetRecordsError, HttpResponse>> {
@@ -291,7 +288,7 @@ impl KinesisSource {
 
     /// Parses one GetRecords batch and feeds it through the pipeline until every record is
     /// durable or refused.
-    pub(super) async fn feed_batch(
+    async fn feed_batch(
         &self,
         reader: &mut LineReader,
         records: &[aws_sdk_kinesis::types::Record],

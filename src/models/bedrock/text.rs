@@ -117,7 +117,7 @@ pub(super) fn render(prompt: &Prompt, cap: usize) -> String {
 }
 
 /// `text` cut to at most `cap` characters, keeping its start and end.
-pub(super) fn clip(text: &str, cap: usize) -> String {
+fn clip(text: &str, cap: usize) -> String {
     let n = text.chars().count();
     if n <= cap {
         return text.to_string();

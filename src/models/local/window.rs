@@ -16,7 +16,7 @@ use crate::models::{CancellationToken, ModelError};
 pub(super) struct Window<'m> {
     pub(super) ctx: LlamaContext<'m>,
     pub(super) tokens: Vec<LlamaToken>,
-    pub(super) batch: LlamaBatch<'static>,
+    batch: LlamaBatch<'static>,
     pub(super) n_ctx: usize,
     pub(super) last: i32,
 }

@@ -236,7 +236,7 @@ pub(super) fn row_from_item(
 pub(super) struct Fields<'a>(pub(super) &'a HashMap<String, AttributeValue>);
 
 impl<'a> Fields<'a> {
-    pub(super) fn opt_s(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
+    fn opt_s(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
         match self.0.get(name) {
             None | Some(AttributeValue::Null(_)) => Ok(None),
             Some(AttributeValue::S(text)) => Ok(Some(text)),
@@ -258,7 +258,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    pub(super) fn parsed<T: FromStr>(&self, name: &str) -> Result<T, StoreError> {
+    fn parsed<T: FromStr>(&self, name: &str) -> Result<T, StoreError> {
         self.s(name)?
             .parse()
             .map_err(|_| malformed(name, "does not parse"))

@@ -99,6 +99,7 @@ pub use projections::DynamoProjectionStore;
 
 use super::StoreError;
 use crate::aws::dynamodb::create_table;
+use crate::aws::sdk_error;
 
 /// Most events in one append: a transaction holds 100 actions, two of which an append may
 /// need for itself (the check of the previous event and the idempotency item).
@@ -201,7 +202,7 @@ async fn expire_by(client: &Client, table: &str, attribute: &str) -> anyhow::Res
         .table_name(table)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))
+        .map_err(sdk_error)
         .with_context(|| format!("describing the time to live of {table}"))?;
     let current = described.time_to_live_description();
     let on = current.and_then(|d| d.attribute_name()) == Some(attribute)
@@ -223,7 +224,7 @@ async fn expire_by(client: &Client, table: &str, attribute: &str) -> anyhow::Res
         .time_to_live_specification(spec)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(&e)))
+        .map_err(sdk_error)
         .with_context(|| format!("turning on the time to live of {table} on {attribute}"))?;
     Ok(())
 }

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ScalarAttributeType};
 use rand::seq::SliceRandom;
 
 use crate::aws::dynamodb::{create_table, s};
+use crate::aws::sdk_error;
 
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
@@ -189,7 +190,7 @@ impl LeaseTable {
                 }
                 Err(e) if condition_failed(&e) => {}
                 Err(e) => {
-                    return Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                    return Err(sdk_error(e))
                         .with_context(|| format!("adding the lease of {}", shard.shard_id));
                 }
             }
@@ -213,7 +214,7 @@ impl LeaseTable {
                 .set_exclusive_start_key(start)
                 .send()
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .map_err(sdk_error)
                 .with_context(|| format!("listing the leases in {}", self.table))?;
             for item in page.items() {
                 leases.push(lease_from_item(item)?);
@@ -328,7 +329,7 @@ impl LeaseTable {
                 Ok(Some(lease_from_item(&item)?))
             }
             Err(e) if condition_failed(&e) => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("{}", DisplayErrorContext(e))),
+            Err(e) => Err(sdk_error(e)),
         }
     }
 
