@@ -1,6 +1,6 @@
 //! What every AWS adapter shares: the SDK configuration (standard credential and region
 //! chain, per-service endpoint overrides for local testing), SDK errors in words
-//! ([`sdk_error`]), DynamoDB's attribute values and table designs (`dynamodb`), and, for
+//! (`sdk_error`), DynamoDB's attribute values and table designs (`dynamodb`), and, for
 //! tests and the fleet benchmark, a moto server and a stub HTTP server that checks requests
 //! as AWS would receive them.
 

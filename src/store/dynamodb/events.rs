@@ -37,6 +37,8 @@ pub struct DynamoEventStore {
 impl DynamoEventStore {
     /// The event log in `table` (made by [`create_tables`]), reached with `client`; its
     /// idempotency items expire after [`DEFAULT_KEY_RETENTION_DAYS`].
+    ///
+    /// [`create_tables`]: super::create_tables
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         let registry_key = item([(PK, s("feed#days")), (SK, n(0))]);

@@ -37,7 +37,7 @@
 //! microseconds × 1024, plus a tie-breaker from its contact and batch (and at least one more
 //! than the previous event of its batch, so a batch keeps its order). The `feed` index
 //! (partition `day` = the position's UTC date, sort `pos`) holds every event;
-//! [`read_all`](EventStore::read_all) queries the days from the day of `after` on, in order, following `LastEvaluatedKey`. The
+//! [`read_all`] queries the days from the day of `after` on, in order, following `LastEvaluatedKey`. The
 //! days that have events are listed in one registry item (`pk` = `feed#days`, `sk` = 0, a
 //! string set), added to before the first event of a day is written (once per process and
 //! day), so a read from position 0 queries only days that exist.
@@ -73,6 +73,13 @@
 //! transactions of at most 100 items, the checkpoint in the last one: a crash between them
 //! leaves rows ahead of the checkpoint, which the next catch-up folds again without effect.
 //! `reset` (before a rebuild) is the one operation that scans.
+//!
+//! [`Appended::Duplicate`]: super::Appended::Duplicate
+//! [`read_all`]: super::EventStore::read_all
+//! [`EventStore::replay_window`]: super::EventStore::replay_window
+//! [`ContactRow`]: super::ContactRow
+//! [`ProjectionStore::unfinished`]: super::ProjectionStore::unfinished
+//! [`ProjectionStore::contacts`]: super::ProjectionStore::contacts
 
 mod codec;
 mod config;

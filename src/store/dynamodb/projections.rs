@@ -28,6 +28,8 @@ pub struct DynamoProjectionStore {
 
 impl DynamoProjectionStore {
     /// The read model in `table` (made by [`create_tables`]), reached with `client`.
+    ///
+    /// [`create_tables`]: super::create_tables
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         let table = table.into();
         Self {
