@@ -28,7 +28,7 @@ use super::leases::{
 use super::source::{LineReader, ReadStats, RejectLog};
 use crate::actors::Pipeline;
 use crate::actors::feed::{FeedStats, feed};
-use crate::actors::router::{ContactRouter, Release};
+use crate::actors::router::{ContactRouter, Release, Unfence};
 use crate::aws::{AwsEndpoint, sdk_config};
 use crate::backoff::backoff;
 use crate::metrics::metrics;
@@ -128,11 +128,19 @@ struct Held {
 }
 
 /// Stops the live contacts of `shard` (none when its hash range is unknown); answers how
-/// many.
-async fn release(router: &Addr<ContactRouter>, shard: Option<ShardInfo>) -> usize {
+/// many. With `fence` (the lease key, while the shard's reader may still be feeding), the
+/// router also refuses their records until [`Unfence`].
+async fn release(
+    router: &Addr<ContactRouter>,
+    shard: Option<ShardInfo>,
+    fence: Option<&str>,
+) -> usize {
     match shard {
         Some(shard) => router
-            .send(Release(Box::new(move |id| shard.holds(id))))
+            .send(Release {
+                selects: Box::new(move |id| shard.holds(id)),
+                fence: fence.map(str::to_string),
+            })
             .await
             .unwrap_or(0),
         None => 0,
@@ -422,9 +430,11 @@ impl KinesisSource {
             .remove_label_values(&[lease.shard_id.as_str()])
             .ok();
         if lease.shard.is_some() {
-            let stopped = release(router, lease.shard.clone()).await;
+            let stopped = release(router, lease.shard.clone(), None).await;
             tracing::info!(lease = %key, contacts = stopped, ?end, "stopped the contacts of a shard no longer read here");
         }
+        // Its reader has ended: nothing of the shard reaches the router from here any more.
+        router.do_send(Unfence(key.to_string()));
         if !moved {
             self.give_back(key, &lease.token).await;
         }
@@ -450,7 +460,7 @@ impl KinesisSource {
             })
             .collect();
         for (key, shard) in expired {
-            let stopped = release(router, shard).await;
+            let stopped = release(router, shard, Some(&key)).await;
             tracing::warn!(lease = %key, contacts = stopped, "lease not renewed for a lease duration; stopped its reader and contacts");
         }
     }
@@ -751,6 +761,11 @@ impl KinesisSource {
                     );
                     read_ahead = ahead;
                     stats += batch;
+                    if batch.not_owned > 0 {
+                        // Fenced: the lease was lost while this batch was fed; the new
+                        // owner reads it again from the checkpoint.
+                        break 'reading ReaderEnd::Lost;
+                    }
                     if batch.undeliverable > 0 {
                         failures += 1;
                         tracing::warn!(shard = %lease.shard_id, undeliverable = batch.undeliverable, "records not durable; reading the batch again");
