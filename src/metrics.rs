@@ -20,6 +20,9 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     /// `records_rejected_total`: input lines refused.
     pub records_rejected: IntCounter,
+    /// `records_not_owned_total`: records handed back unread because their contact's shard
+    /// had just left this worker (its new owner reads them).
+    pub records_not_owned: IntCounter,
     /// `partials_skipped_total`: partial segments dropped.
     pub partials_skipped: IntCounter,
     /// `events_appended_total`: events written to the event log.
@@ -115,6 +118,11 @@ impl Metrics {
                 &["source"],
             ),
             records_rejected: counter(r, "records_rejected_total", "Input lines refused"),
+            records_not_owned: counter(
+                r,
+                "records_not_owned_total",
+                "Records handed back because their contact's shard left this worker",
+            ),
             partials_skipped: counter(r, "partials_skipped_total", "Partial segments dropped"),
             events_appended: counter(r, "events_appended_total", "Events appended to the log"),
             appends: counter(r, "appends_total", "Append calls to the event log"),

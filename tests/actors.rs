@@ -6,15 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use callpulse::actors::contact::InputOutcome;
 use callpulse::actors::dispatcher::AttributesConfig;
 use callpulse::actors::feed::feed;
 use callpulse::actors::gateway::{Backends, GatewayConfig, ModelLimits};
-use callpulse::actors::router::{GetActivity, Route};
+use callpulse::actors::router::{GetActivity, Release, Resume, Route, Unfence};
 use callpulse::actors::{Parts, Pipeline, PipelineConfig};
 use callpulse::events::rules::EscalationRules;
 use callpulse::events::{
     ChainHead, ContactEnded, ContactStarted, EndReason, Event, Participant, StoredEvent,
-    UtteranceReceived,
+    SummaryGenerated, UtteranceReceived,
 };
 use callpulse::ingest::record::parse;
 use callpulse::ingest::{Incoming, Ingested, Position, RejectLog};
@@ -23,7 +24,7 @@ use callpulse::models::{
     CancellationToken, ModelError, Sentiment, SentimentClassifier, Summariser, Summary, Turn,
 };
 use callpulse::sinks::attributes::AttributeLog;
-use callpulse::sinks::summaries::SummaryFolder;
+use callpulse::sinks::summaries::{SummaryFolder, SummarySink};
 use callpulse::store::memory::{MemoryEventStore, MemoryProjectionStore};
 use callpulse::store::{Appended, EventStore, Positioned, SeqRange, StoreError};
 
@@ -83,11 +84,20 @@ impl Summariser for Scripted {
 }
 
 /// The in-memory store, counting how often the pipeline loads a contact's log; the first
-/// append of the source id or event kind in `fail_once` fails as an unavailable store would.
+/// append of the source id or event kind in `fail_once` fails as an unavailable store would;
+/// the first append of the source id of `hold` waits until the gate opens, as on a slow disk.
 struct Counting {
     inner: Arc<MemoryEventStore>,
     reads: AtomicUsize,
     fail_once: std::sync::Mutex<Option<String>>,
+    hold: std::sync::Mutex<Option<Arc<Gate>>>,
+}
+
+/// An append held at the store: `entered` once it is there, let through by `open`.
+struct Gate {
+    source_id: String,
+    entered: tokio::sync::Notify,
+    open: tokio::sync::Notify,
 }
 
 #[async_trait]
@@ -106,6 +116,23 @@ impl EventStore for Counting {
         };
         if injected {
             return Err(StoreError::Unavailable("injected: disk busy".into()));
+        }
+        let held = {
+            let mut hold = self.hold.lock().unwrap();
+            match hold.as_ref() {
+                Some(gate)
+                    if events
+                        .iter()
+                        .any(|e| e.source_id == Some(gate.source_id.clone())) =>
+                {
+                    hold.take()
+                }
+                _ => None,
+            }
+        };
+        if let Some(gate) = held {
+            gate.entered.notify_one();
+            gate.open.notified().await;
         }
         self.inner.append(events).await
     }
@@ -128,9 +155,34 @@ impl EventStore for Counting {
     }
 }
 
+/// The summary folder, counting the saves of a version the log already held.
+struct Watching {
+    folder: SummaryFolder,
+    store: Arc<MemoryEventStore>,
+    saved_after_recorded: AtomicUsize,
+}
+
+#[async_trait]
+impl SummarySink for Watching {
+    async fn save(&self, contact_id: &str, summary: &SummaryGenerated) -> Result<(), String> {
+        let log = self.store.read(contact_id, SeqRange::all()).await.unwrap();
+        if log.iter().any(|e| {
+            matches!(e.decode(), Ok(Event::SummaryGenerated(s)) if s.version == summary.version)
+        }) {
+            self.saved_after_recorded.fetch_add(1, Ordering::SeqCst);
+        }
+        self.folder.save(contact_id, summary).await
+    }
+
+    async fn has(&self, contact_id: &str, version: u32) -> bool {
+        self.folder.has(contact_id, version).await
+    }
+}
+
 struct Harness {
     store: Arc<MemoryEventStore>,
     counting: Arc<Counting>,
+    summaries: Arc<Watching>,
     pipeline: Pipeline,
     _dir: tempfile::TempDir,
 }
@@ -152,13 +204,19 @@ fn start_with(backends: Backends, gateway: GatewayConfig, pipeline: PipelineConf
         inner: store.clone(),
         reads: AtomicUsize::new(0),
         fail_once: Default::default(),
+        hold: Default::default(),
+    });
+    let summaries = Arc::new(Watching {
+        folder: SummaryFolder::new(dir.path().join("summaries")),
+        store: store.clone(),
+        saved_after_recorded: AtomicUsize::new(0),
     });
     let parts = Parts {
         store: counting.clone(),
         projections: Arc::new(MemoryProjectionStore::new()),
         backends,
         attribute_sink: Arc::new(AttributeLog::open(dir.path().join("attributes.jsonl")).unwrap()),
-        summary_sink: Arc::new(SummaryFolder::new(dir.path().join("summaries"))),
+        summary_sink: summaries.clone(),
         rules: EscalationRules::default(),
         pipeline,
         gateway: GatewayConfig {
@@ -171,6 +229,7 @@ fn start_with(backends: Backends, gateway: GatewayConfig, pipeline: PipelineConf
     Harness {
         store,
         counting,
+        summaries,
         pipeline: Pipeline::start(parts),
         _dir: dir,
     }
@@ -240,6 +299,17 @@ impl Harness {
             hash: last.hash.clone(),
         };
         head.seal(contact, Some("elsewhere"), event, chrono::Utc::now())
+    }
+
+    /// Holds the next append of the record with `source_id` at the store.
+    fn hold_append(&self, source_id: &str) -> Arc<Gate> {
+        let gate = Arc::new(Gate {
+            source_id: source_id.into(),
+            entered: Default::default(),
+            open: Default::default(),
+        });
+        *self.counting.hold.lock().unwrap() = Some(gate.clone());
+        gate
     }
 
     /// Waits until `contact`'s log has an event of `kind` (or fails after 10 s).
@@ -360,7 +430,7 @@ async fn a_conflicting_writer_makes_the_contact_reload_and_nothing_is_lost_or_do
         .await
         .unwrap();
     assert!(
-        matches!(retried, Ok(callpulse::actors::contact::InputOutcome::Refused(ref why)) if why.contains("ended")),
+        matches!(retried, Ok(InputOutcome::Refused(ref why)) if why.contains("ended")),
         "{retried:?}"
     );
     let events = h.wait_for("c", "SummaryGenerated").await;
@@ -402,10 +472,7 @@ async fn a_call_another_worker_took_over_is_not_ended_by_this_ones_idle_timer() 
         .await
         .unwrap();
     assert!(
-        matches!(
-            outcome,
-            Ok(callpulse::actors::contact::InputOutcome::Appended(_))
-        ),
+        matches!(outcome, Ok(InputOutcome::Appended(_))),
         "{outcome:?}"
     );
     let events = h.wait_for("moved", "ContactEnded").await;
@@ -426,6 +493,9 @@ async fn summaries_are_retried_through_a_throttling_storm_and_never_dropped() {
     let events = h.wait_for("s", "SummaryGenerated").await;
     assert_eq!(count(&events, "SummaryGenerated"), 1);
     assert_eq!(model.summary_calls.load(Ordering::SeqCst), 7);
+    // Saved before it was recorded: a crash in between cannot leave it unsaved.
+    assert!(h.summaries.has("s", 1).await);
+    assert_eq!(h.summaries.saved_after_recorded.load(Ordering::SeqCst), 0);
 }
 
 #[actix_rt::test]
@@ -805,4 +875,64 @@ async fn a_contact_restarted_while_its_utterance_is_being_judged_does_not_have_i
         "s1 and s2 once each"
     );
     assert_eq!(count(&h.events("g").await, "SentimentAssessed"), 2);
+}
+
+#[actix_rt::test]
+async fn records_queued_for_a_contact_let_go_are_handed_back_and_its_fence_keeps_it_off_this_worker()
+ {
+    let h = start(
+        Scripted::new(0, 0, 0),
+        GatewayConfig::default(),
+        PipelineConfig::default(),
+    );
+    let router = h.pipeline.router.clone();
+    h.send(segment("r", "s1", "Hello.")).await;
+    // s2's append is on its way to the store, s3 waits behind it in the actor's mailbox when
+    // the contact's shard leaves this worker.
+    let gate = h.hold_append("seg:s2");
+    let appending = router.send(Route(segment("r", "s2", "Still there?")));
+    gate.entered.notified().await;
+    let queued = router.send(Route(segment("r", "s3", "Hello?")));
+    let released = router
+        .send(Release {
+            selects: Box::new(|id| id == "r"),
+            fence: Some("shard-0".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    gate.open.notify_one();
+    assert!(matches!(
+        appending.await.unwrap(),
+        Ok(InputOutcome::Appended(_))
+    ));
+    let handed_back = queued.await.unwrap();
+    assert!(
+        handed_back.is_err(),
+        "the halted actor took s3: {handed_back:?}"
+    );
+    // Fenced: the record is answered NotOwned, and the contact is neither started nor
+    // resumed here.
+    let again = router
+        .send(Route(segment("r", "s3", "Hello?")))
+        .await
+        .unwrap();
+    assert!(matches!(again, Ok(InputOutcome::NotOwned)), "{again:?}");
+    router.send(Resume(vec!["r".into()])).await.unwrap();
+    let activity = router.send(GetActivity::default()).await.unwrap();
+    assert_eq!(activity.live, 0, "{activity:?}");
+    let stored = |events: Vec<Event>| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::UtteranceReceived(u) => Some(u.segment_id.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(stored(h.events("r").await), ["s1", "s2"]);
+    // The shard comes back: the contact reloads from the log and takes s3, once.
+    router.send(Unfence("shard-0".into())).await.unwrap();
+    h.send(segment("r", "s3", "Hello?")).await;
+    assert_eq!(stored(h.events("r").await), ["s1", "s2", "s3"]);
 }

@@ -3,9 +3,12 @@
 //! due and not already in flight. Every handler that appends runs atomically (nothing else
 //! is handled between the append and the apply). A restart rebuilds the state from the log
 //! and re-dispatches only what the log says is still owed, so no effect is duplicated.
+//! Once the router has let a contact go ([`Halt`]), its actor handles nothing more, not even
+//! what is already queued in its mailbox.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,7 +21,8 @@ use super::router::Passivate;
 use crate::backoff::backoff;
 use crate::events::contact::{Command, Contact, Due};
 use crate::events::{
-    ContactEnded, ContactStarted, EndReason, Event, Participant, UtteranceReceived,
+    ContactEnded, ContactStarted, EndReason, Event, Participant, SummaryGenerated,
+    UtteranceReceived,
 };
 use crate::ingest::record::Record;
 use crate::metrics::metrics;
@@ -43,6 +47,9 @@ pub enum InputOutcome {
     Duplicate,
     /// Refused by the contact's rules, with the reason (e.g. a segment after the end).
     Refused(String),
+    /// Not taken: the contact's shard has left this worker (its new owner reads the record
+    /// from the stream); nothing appended, and the source must not count it as read.
+    NotOwned,
 }
 
 /// A record could not be made durable; the sender should retry it.
@@ -54,6 +61,25 @@ pub struct InputError(pub String);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stop;
+
+/// Set by the router the moment it lets a contact go (finished, or its shard has left this
+/// worker), before [`Stop`] is queued: a halted actor takes no input, records no outcome and
+/// dispatches nothing, whatever still waits in its mailbox, so that only one actor anywhere
+/// acts for the contact.
+#[derive(Debug, Clone, Default)]
+pub struct Halt(Arc<AtomicBool>);
+
+impl Halt {
+    /// Halts the actor.
+    pub fn halt(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether the actor is halted.
+    pub fn is_halted(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// Whether the contact still owes work (due or in flight).
 #[derive(Message)]
@@ -81,10 +107,10 @@ pub struct ContactActor {
     contact: Option<Contact>,
     in_flight: HashSet<InFlight>,
     last_input: Instant,
-    /// Stopped for good by the router. The supervisor still restarts an actor whose address
-    /// is held somewhere (a reply recipient, an activity poll); such a restart stays idle,
-    /// without loading the log or keeping timers, and ends when the last holder lets go.
-    passivated: bool,
+    /// Let go by the router. The supervisor still restarts an actor whose address is held
+    /// somewhere (a reply recipient, an activity poll); such a restart stays idle, without
+    /// loading the log or keeping timers, and ends when the last holder lets go.
+    halt: Halt,
     /// Whether this actor counts in `open_contacts`.
     counted: bool,
     /// Why the contact's log cannot be loaded (a broken chain, an undecodable event), once
@@ -93,15 +119,15 @@ pub struct ContactActor {
 }
 
 impl ContactActor {
-    /// An actor for contact `id`; it loads its log when started.
-    pub fn new(id: String, services: Arc<Services>) -> Self {
+    /// An actor for contact `id`, halted through `halt`; it loads its log when started.
+    pub fn new(id: String, services: Arc<Services>, halt: Halt) -> Self {
         Self {
             id,
             services,
             contact: None,
             in_flight: HashSet::new(),
             last_input: Instant::now(),
-            passivated: false,
+            halt,
             counted: false,
             quarantined: None,
         }
@@ -207,10 +233,7 @@ impl ContactActor {
                     metrics().escalations.inc();
                     tracing::info!(contact = %self.id, rule = %e.rule, "escalation raised");
                 }
-                Event::SummaryGenerated(s) => {
-                    metrics().summaries.with_label_values(&["ok"]).inc();
-                    self.save_summary(s.clone(), false, ctx);
-                }
+                Event::SummaryGenerated(_) => metrics().summaries.with_label_values(&["ok"]).inc(),
                 Event::SummaryFailed(_) => metrics().summaries.with_label_values(&["failed"]).inc(),
                 _ => {}
             }
@@ -218,21 +241,16 @@ impl ContactActor {
         self.reconcile(ctx);
     }
 
-    /// Writes a summary to the sink (only if it is not there yet, when `only_missing`); the
-    /// contact is not passivated while this runs.
+    /// Saves a summary to the sink (only if it is not there yet, when `only_missing`),
+    /// retrying; answers once it is saved or every try has failed.
     fn save_summary(
-        &mut self,
-        summary: crate::events::SummaryGenerated,
+        &self,
+        summary: SummaryGenerated,
         only_missing: bool,
-        ctx: &mut Context<Self>,
-    ) {
-        let key = InFlight::SavingSummary(summary.version);
-        if !self.in_flight.insert(key.clone()) {
-            return;
-        }
+    ) -> impl Future<Output = ()> + use<> {
         let sink = self.services.summaries.clone();
         let id = self.id.clone();
-        let save = async move {
+        async move {
             if only_missing && sink.has(&id, summary.version).await {
                 return;
             }
@@ -245,27 +263,57 @@ impl ContactActor {
                     }
                     Err(error) => {
                         metrics().summaries.with_label_values(&["unsaved"]).inc();
-                        tracing::error!(contact = %id, %error, "saving the summary failed for good; it stays in the log, the next start or `resend` saves it");
+                        tracing::error!(contact = %id, %error, "saving the summary failed for good; it is recorded anyway, the next start or `resend` saves it");
                     }
                 }
             }
-        };
-        ctx.spawn(save.into_actor(self).map(move |(), act, ctx| {
-            act.in_flight.remove(&key);
-            act.reconcile(ctx);
-        }));
+        }
     }
 
-    /// After a restart: the latest summary is in the log, but was it saved?
-    fn resave_latest_summary(&mut self, ctx: &mut Context<Self>) {
-        if let Some(summary) = self.contact.as_ref().and_then(|c| c.latest_summary.clone()) {
-            self.save_summary(summary, true, ctx);
+    /// A summary the model wrote: saved to the sink first, then recorded, so that a summary
+    /// in the log is one the sink has. A crash (or a hand-over) in between leaves the
+    /// summary owed, and it is written and saved again; it is never left unsaved. Only when
+    /// every save fails is it recorded unsaved (counted; the next load or `summaries resend`
+    /// saves it).
+    fn save_then_record(&mut self, summary: SummaryGenerated, ctx: &mut Context<Self>) {
+        let done = vec![InFlight::Summary(summary.version)];
+        let next = self.contact.as_ref().map(|c| c.summary_version + 1);
+        if self.halt.is_halted() || next != Some(summary.version) {
+            // Nothing to save: recording it is ignored or refused.
+            return self.handle_outcome(Command::Summarised(summary), done, ctx);
         }
+        let save = self.save_summary(summary.clone(), false);
+        ctx.spawn(
+            save.into_actor(self).map(move |(), act, ctx| {
+                tracing::info!(contact = %act.id, version = summary.version, "summary saved; recording it");
+                act.handle_outcome(Command::Summarised(summary), done, ctx)
+            }),
+        );
+    }
+
+    /// After a restart: the latest summary is in the log, but was it saved (every save of it
+    /// may have failed)? The contact is not passivated while this runs.
+    fn resave_latest_summary(&mut self, ctx: &mut Context<Self>) {
+        let Some(summary) = self.contact.as_ref().and_then(|c| c.latest_summary.clone()) else {
+            return;
+        };
+        let key = InFlight::SavingSummary(summary.version);
+        if !self.in_flight.insert(key.clone()) {
+            return;
+        }
+        ctx.spawn(
+            self.save_summary(summary, true)
+                .into_actor(self)
+                .map(move |(), act, ctx| {
+                    act.in_flight.remove(&key);
+                    act.reconcile(ctx);
+                }),
+        );
     }
 
     /// Dispatches due work that is not in flight; passivates a finished contact.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        let Some(contact) = self.contact.as_ref() else {
+        let Some(contact) = self.contact.as_ref().filter(|_| !self.halt.is_halted()) else {
             return;
         };
         let due = contact.due();
@@ -331,6 +379,10 @@ impl ContactActor {
     /// between this handler and the append, and its reconcile must not dispatch the same
     /// work again.
     fn handle_outcome(&mut self, command: Command, done: Vec<InFlight>, ctx: &mut Context<Self>) {
+        if self.halt.is_halted() {
+            tracing::info!(contact = %self.id, "let go before an outcome was recorded; whoever runs the contact now redoes the work");
+            return;
+        }
         let Some(contact) = self.contact.as_ref() else {
             return;
         };
@@ -372,7 +424,7 @@ impl ContactActor {
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
-        let Some(contact) = self.contact.as_ref() else {
+        let Some(contact) = self.contact.as_ref().filter(|_| !self.halt.is_halted()) else {
             return;
         };
         if contact.ended.is_some() || self.last_input.elapsed() < self.services.idle_timeout {
@@ -448,7 +500,7 @@ impl Actor for ContactActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.passivated {
+        if self.halt.is_halted() {
             return;
         }
         self.counted = true;
@@ -459,6 +511,9 @@ impl Actor for ContactActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if !self.in_flight.is_empty() {
+            tracing::info!(contact = %self.id, in_flight = ?self.in_flight, "stopped with work in flight; it is redone from the log");
+        }
         if std::mem::take(&mut self.counted) {
             metrics().open_contacts.dec();
         }
@@ -467,7 +522,7 @@ impl Actor for ContactActor {
 
 impl Supervised for ContactActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        if !self.passivated {
+        if !self.halt.is_halted() {
             tracing::info!(contact = %self.id, "restarting from the log");
         }
         self.contact = None;
@@ -482,6 +537,14 @@ impl Handler<ContactInput> for ContactActor {
     type Result = AtomicResponse<Self, Result<InputOutcome, InputError>>;
 
     fn handle(&mut self, input: ContactInput, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.halt.is_halted() {
+            // Queued before the router let go: sent again, it reaches whoever runs the
+            // contact now (or is answered NotOwned).
+            return AtomicResponse::new(Box::pin(fut::ready(Err(InputError(format!(
+                "contact {} was let go here before this record was handled",
+                self.id
+            ))))));
+        }
         self.last_input = Instant::now();
         if let Some(broken) = &self.quarantined {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Refused(format!(
@@ -530,10 +593,7 @@ impl Handler<ModelOutcome> for ContactActor {
                     .collect();
                 (Command::Skipped(s), done)
             }
-            ModelOutcome::Summarised(s) => {
-                let done = vec![InFlight::Summary(s.version)];
-                (Command::Summarised(s), done)
-            }
+            ModelOutcome::Summarised(s) => return self.save_then_record(s, ctx),
             ModelOutcome::SummaryFailed(f) => {
                 let done = vec![InFlight::Summary(f.version)];
                 (Command::SummaryFailed(f), done)
@@ -565,7 +625,6 @@ impl Handler<Stop> for ContactActor {
     type Result = ();
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        self.passivated = true;
         ctx.stop();
     }
 }
@@ -574,6 +633,8 @@ impl Handler<IsBusy> for ContactActor {
     type Result = bool;
 
     fn handle(&mut self, _: IsBusy, _: &mut Context<Self>) -> bool {
-        !self.in_flight.is_empty() || self.contact.as_ref().is_none_or(|c| !c.due().is_empty())
+        !self.halt.is_halted()
+            && (!self.in_flight.is_empty()
+                || self.contact.as_ref().is_none_or(|c| !c.due().is_empty()))
     }
 }

@@ -40,6 +40,9 @@ pub struct FeedStats {
     pub rejected: u64,
     /// Records the store could not take after every retry (in the reject log).
     pub undeliverable: u64,
+    /// Records handed back because their contact's shard had left this worker (not stored
+    /// here, not in the reject log: the shard's new owner reads them).
+    pub not_owned: u64,
 }
 
 impl std::ops::AddAssign for FeedStats {
@@ -49,6 +52,7 @@ impl std::ops::AddAssign for FeedStats {
         self.refused += other.refused;
         self.rejected += other.rejected;
         self.undeliverable += other.undeliverable;
+        self.not_owned += other.not_owned;
     }
 }
 
@@ -184,6 +188,12 @@ fn settle(
             stats.refused += 1;
             reject(rejects, rejected(incoming, reason.clone()));
             Fate::Refused(reason)
+        }
+        Ok(InputOutcome::NotOwned) => {
+            stats.not_owned += 1;
+            metrics().records_not_owned.inc();
+            tracing::warn!(position = %incoming.position, "record handed back: its contact's shard has left this worker");
+            Fate::Undeliverable("its contact is no longer run by this worker".into())
         }
         Err(error) => {
             stats.undeliverable += 1;

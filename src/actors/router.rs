@@ -1,7 +1,9 @@
 //! ContactRouter: finds or starts the actor of a record's contact and hands the record over,
 //! in arrival order. Contacts are spread over the pipeline's arbiters (one per core) by a
 //! hash of their id; finished contacts are forgotten (passivated) and come back from the log
-//! if anything arrives for them again.
+//! if anything arrives for them again. A contact is halted the moment it is let go, and the
+//! contacts of a shard leaving this worker are fenced until its reader has ended: their
+//! records are answered [`InputOutcome::NotOwned`] instead of starting them again here.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::Services;
-use super::contact::{ContactActor, ContactInput, InputError, InputOutcome, IsBusy, Stop};
+use super::contact::{ContactActor, ContactInput, Halt, InputError, InputOutcome, IsBusy, Stop};
 use crate::ingest::source::Incoming;
 
 /// Hand a record to its contact; resolves once it is durable (or refused).
@@ -35,10 +37,22 @@ pub struct Resume(pub Vec<String>);
 pub type Selector = Box<dyn Fn(&str) -> bool + Send>;
 
 /// Stop the live contacts this selects (those of a shard this worker no longer reads: its
-/// new owner resumes them from the log); answers how many were stopped.
+/// new owner resumes them from the log); answers how many were stopped. With a fence, their
+/// records are answered NotOwned, and none of them is started or resumed here, until
+/// [`Unfence`] lifts it (a shard whose reader is still feeding a batch when it is let go).
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct Release(pub Selector);
+pub struct Release {
+    /// The contacts.
+    pub selects: Selector,
+    /// The fence's name (a lease key), if they are fenced.
+    pub fence: Option<String>,
+}
+
+/// Lift the fence of this name (the shard's reader has ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unfence(pub String);
 
 /// How many contacts are live and how many of them owe work (of all, or of those `among`
 /// selects).
@@ -69,7 +83,8 @@ pub fn shard_of(id: &str, n: usize) -> usize {
 pub struct ContactRouter {
     services: Option<Arc<Services>>,
     arbiters: Vec<ArbiterHandle>,
-    contacts: HashMap<String, Addr<ContactActor>>,
+    contacts: HashMap<String, (Addr<ContactActor>, Halt)>,
+    fences: HashMap<String, Selector>,
     mailbox: usize,
 }
 
@@ -81,19 +96,27 @@ impl ContactRouter {
             services: None,
             arbiters,
             contacts: HashMap::new(),
+            fences: HashMap::new(),
             mailbox,
         }
     }
 
-    /// Stops a contact's actor for good; anything that arrives for it later reloads it.
+    /// Halts a contact's actor and stops it for good; anything that arrives for it later
+    /// reloads it.
     fn forget(&mut self, id: &str) {
-        if let Some(addr) = self.contacts.remove(id) {
+        if let Some((addr, halt)) = self.contacts.remove(id) {
+            halt.halt();
             addr.do_send(Stop);
         }
     }
 
+    /// Whether a fence keeps contact `id` off this worker.
+    fn fenced(&self, id: &str) -> bool {
+        self.fences.values().any(|selects| selects(id))
+    }
+
     fn contact(&mut self, id: &str) -> Addr<ContactActor> {
-        if let Some(addr) = self.contacts.get(id)
+        if let Some((addr, _)) = self.contacts.get(id)
             && addr.connected()
         {
             return addr.clone();
@@ -103,12 +126,13 @@ impl ContactRouter {
             .clone()
             .expect("services set before records flow");
         let arbiter = &self.arbiters[shard_of(id, self.arbiters.len())];
-        let (owned, mailbox) = (id.to_string(), self.mailbox);
+        let (owned, mailbox, halt) = (id.to_string(), self.mailbox, Halt::default());
+        let halts = halt.clone();
         let addr = Supervisor::start_in_arbiter(arbiter, move |ctx| {
             ctx.set_mailbox_capacity(mailbox);
-            ContactActor::new(owned, services)
+            ContactActor::new(owned, services, halts)
         });
-        self.contacts.insert(id.to_string(), addr.clone());
+        self.contacts.insert(id.to_string(), (addr.clone(), halt));
         addr
     }
 }
@@ -139,6 +163,9 @@ impl Handler<Route> for ContactRouter {
     type Result = ResponseFuture<Result<InputOutcome, InputError>>;
 
     fn handle(&mut self, Route(incoming): Route, _: &mut Context<Self>) -> Self::Result {
+        if self.fenced(incoming.record.contact_id()) {
+            return Box::pin(async { Ok(InputOutcome::NotOwned) });
+        }
         let addr = self.contact(incoming.record.contact_id());
         // Queued now, in arrival order; the future only waits for the answer.
         let request = addr.send(ContactInput {
@@ -166,7 +193,9 @@ impl Handler<Resume> for ContactRouter {
 
     fn handle(&mut self, Resume(ids): Resume, _: &mut Context<Self>) {
         for id in ids {
-            self.contact(&id);
+            if !self.fenced(&id) {
+                self.contact(&id);
+            }
         }
     }
 }
@@ -174,7 +203,7 @@ impl Handler<Resume> for ContactRouter {
 impl Handler<Release> for ContactRouter {
     type Result = usize;
 
-    fn handle(&mut self, Release(selects): Release, _: &mut Context<Self>) -> usize {
+    fn handle(&mut self, Release { selects, fence }: Release, _: &mut Context<Self>) -> usize {
         let released: Vec<String> = self
             .contacts
             .keys()
@@ -184,7 +213,18 @@ impl Handler<Release> for ContactRouter {
         for id in &released {
             self.forget(id);
         }
+        if let Some(name) = fence {
+            self.fences.insert(name, selects);
+        }
         released.len()
+    }
+}
+
+impl Handler<Unfence> for ContactRouter {
+    type Result = ();
+
+    fn handle(&mut self, Unfence(name): Unfence, _: &mut Context<Self>) {
+        self.fences.remove(&name);
     }
 }
 
@@ -196,12 +236,12 @@ impl Handler<GetActivity> for ContactRouter {
         GetActivity { among }: GetActivity,
         _: &mut Context<Self>,
     ) -> Self::Result {
-        self.contacts.retain(|_, addr| addr.connected());
+        self.contacts.retain(|_, (addr, _)| addr.connected());
         let addrs: Vec<_> = self
             .contacts
             .iter()
             .filter(|(id, _)| among.as_ref().is_none_or(|selects| selects(id)))
-            .map(|(_, addr)| addr.clone())
+            .map(|(_, (addr, _))| addr.clone())
             .collect();
         Box::pin(async move {
             let live = addrs.len();

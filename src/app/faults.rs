@@ -64,20 +64,27 @@ pub struct FaultReport {
     pub summaries_not_once: usize,
     /// Summary versions in the log that the summary folder lacks.
     pub summaries_unsaved: usize,
+    /// Each call that broke an invariant, with what its log and its sinks show.
+    pub broken_calls: Vec<String>,
 }
 
 impl FaultReport {
+    /// How many times the invariants were broken, in all.
+    fn breaks(&self) -> usize {
+        self.utterances_lost
+            + self.utterances_duplicated
+            + self.judged_twice
+            + self.never_judged
+            + self.escalations_differing
+            + self.attribute_updates_duplicated
+            + self.attribute_updates_missing
+            + self.summaries_not_once
+            + self.summaries_unsaved
+    }
+
     /// Whether every invariant held.
     pub fn is_clean(&self) -> bool {
-        self.utterances_lost == 0
-            && self.utterances_duplicated == 0
-            && self.judged_twice == 0
-            && self.never_judged == 0
-            && self.escalations_differing == 0
-            && self.attribute_updates_duplicated == 0
-            && self.attribute_updates_missing == 0
-            && self.summaries_not_once == 0
-            && self.summaries_unsaved == 0
+        self.breaks() == 0
     }
 }
 
@@ -305,6 +312,7 @@ async fn compare(
         ..FaultReport::default()
     };
     for (contact, segments) in &expected {
+        let breaks_before = report.breaks();
         let log = call_log(killed_store.as_ref(), contact).await?;
         let reference = call_log(calm_store.as_ref(), contact).await?;
         let checks = log.check(segments);
@@ -319,6 +327,12 @@ async fn compare(
         report.summaries_not_once += usize::from(log.summaries != [1]);
         for version in &log.summaries {
             report.summaries_unsaved += usize::from(!folder.has(contact, *version).await);
+        }
+        if report.breaks() > breaks_before {
+            report.broken_calls.push(format!(
+                "{contact}: {checks:?}, escalations {} (undisturbed {}), attribute sets {}, updates received {received}, summaries {:?}",
+                log.escalations, reference.escalations, log.attribute_sets, log.summaries,
+            ));
         }
     }
     Ok(report)
@@ -366,6 +380,8 @@ mod tests {
         assert_eq!(report.escalations_differing, 1, "{report:?}");
         assert_eq!(report.summaries_unsaved, 1, "{report:?}");
         assert_eq!(report.utterances_duplicated + report.judged_twice, 0);
+        assert_eq!(report.broken_calls.len(), 1, "{report:?}");
+        assert!(report.broken_calls[0].starts_with("f-0: "), "{report:?}");
     }
 
     #[test]

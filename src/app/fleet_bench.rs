@@ -1,6 +1,7 @@
 //! `callpulse bench fleet`: the fleet under faults, with real processes. A Kinesis stream on
-//! a moto server (started here) carries interleaved calls; the event log, the read models,
-//! the leases and the summary bucket live on the same server; Bedrock and Connect are stubs
+//! a moto server (started here) carries interleaved calls; the event log, the read models
+//! and the summary bucket live on the same server, the leases on a second one (so that their
+//! renewals never wait behind the workers' event writes); Bedrock and Connect are stubs
 //! in this process that count every request. `workers` workers (`callpulse run --kinesis`,
 //! child processes) read the stream while the calls are put. A quarter of the way in, the
 //! worker holding the most leases is SIGKILLed; halfway, a new worker joins; at 70% one
@@ -115,21 +116,28 @@ pub struct FleetReport {
     /// Throughput phase: records per second a plain GetRecords loop reads from the same
     /// stream, doing nothing with them (what the emulator itself gives).
     pub stream_read_records_per_second: u64,
+    /// Each call that broke an invariant, with what its log and the stubs show.
+    pub broken_calls: Vec<String>,
 }
 
 impl FleetReport {
+    /// How many times the invariants were broken, in all.
+    fn breaks(&self) -> usize {
+        self.utterances_lost
+            + self.utterances_duplicated
+            + self.judged_twice
+            + self.never_judged
+            + self.escalations_wrong
+            + self.connect_updates_duplicated
+            + self.connect_updates_missing
+            + self.summaries_not_once
+            + self.summaries_unsaved
+            + self.model_calls_repeated_elsewhere
+    }
+
     /// Whether every invariant held.
     pub fn is_clean(&self) -> bool {
-        self.utterances_lost == 0
-            && self.utterances_duplicated == 0
-            && self.judged_twice == 0
-            && self.never_judged == 0
-            && self.escalations_wrong == 0
-            && self.connect_updates_duplicated == 0
-            && self.connect_updates_missing == 0
-            && self.summaries_not_once == 0
-            && self.summaries_unsaved == 0
-            && self.model_calls_repeated_elsewhere == 0
+        self.breaks() == 0
     }
 }
 
@@ -257,9 +265,9 @@ fn fleet_config(names: &Names, bedrock: &str, connect: &str, lease_ms: u64) -> C
 
 /// The `[kinesis]` table of this run's workers.
 fn kinesis_config(names: &Names, lease_ms: u64) -> KinesisConfig {
-    let moto_endpoint = AwsEndpoint {
+    let moto_endpoint = |url: &str| AwsEndpoint {
         region: Some(REGION.into()),
-        endpoint_url: Some(moto::endpoint().to_string()),
+        endpoint_url: Some(url.to_string()),
     };
     KinesisConfig {
         stream: names.stream.clone(),
@@ -267,8 +275,8 @@ fn kinesis_config(names: &Names, lease_ms: u64) -> KinesisConfig {
         lease_duration_ms: lease_ms,
         shard_sync_ms: 1_000,
         idle_poll_ms: 250,
-        endpoint: moto_endpoint.clone(),
-        lease_endpoint: moto_endpoint,
+        endpoint: moto_endpoint(moto::endpoint()),
+        lease_endpoint: moto_endpoint(moto::lease_endpoint()),
         ..KinesisConfig::default()
     }
 }
@@ -518,7 +526,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
         .status()?;
     anyhow::ensure!(status.success(), "callpulse store init failed: {status}");
     let leases = LeaseTable::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
+        aws_sdk_dynamodb::Client::new(&moto::lease_config().await),
         &names.leases,
         &names.stream,
     );
@@ -642,6 +650,7 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
             .any(|(first, last)| (*first..=*last).contains(&key))
     };
     for (contact, segments) in &segments_per_call(&lines)? {
+        let breaks_before = report.breaks();
         let log = call_log(store.as_ref(), contact).await?;
         let checks = log.check(segments);
         report.utterances_lost += checks.lost;
@@ -660,12 +669,8 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
         for version in &log.summaries {
             report.summaries_unsaved += usize::from(!sink.has(contact, *version).await);
         }
-        let summary_repeats = requests
-            .summary
-            .get(contact)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(1);
+        let summary_requests = requests.summary.get(contact).copied().unwrap_or(0);
+        let summary_repeats = summary_requests.saturating_sub(1);
         let sentiment_repeats: usize = requests
             .sentiment
             .iter()
@@ -681,6 +686,15 @@ async fn faults(exe: &Path, options: &FleetOptions, dir: &Path) -> anyhow::Resul
             report.summaries_after_takeover_ms = report
                 .summaries_after_takeover_ms
                 .max(summary_lag(store.as_ref(), contact, at).await?);
+        }
+        if report.breaks() > breaks_before {
+            report.broken_calls.push(format!(
+                "{contact}{}: {checks:?}, escalations {}, attribute sets {}, Connect updates {received}, summaries {:?}, summary requests {summary_requests}, repeated sentiment requests {sentiment_repeats}",
+                if on_victim(contact) { " (killed worker's shard)" } else { "" },
+                log.escalations,
+                log.attribute_sets,
+                log.summaries,
+            ));
         }
     }
     Ok(report)
@@ -809,12 +823,9 @@ async fn throughput(exe: &Path, dir: &Path, records: usize) -> anyhow::Result<(u
         idle_poll_ms: 50,
         ..kinesis_config(&names, 10_000)
     });
-    LeaseTable::create(&aws_sdk_dynamodb::Client::new(&sdk), &names.leases).await?;
-    let leases = LeaseTable::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        &names.leases,
-        &names.stream,
-    );
+    let lease_client = aws_sdk_dynamodb::Client::new(&moto::lease_config().await);
+    LeaseTable::create(&lease_client, &names.leases).await?;
+    let leases = LeaseTable::new(lease_client, &names.leases, &names.stream);
     let read = Instant::now();
     let tips = stream_tips(&kinesis, &names.stream).await?;
     let plain = lines.len() as f64 / read.elapsed().as_secs_f64();

@@ -1,7 +1,14 @@
-//! One moto server per test process (`python3 -m moto.server`, from the PyPI package
+//! One moto server per test process (moto's own server, from the PyPI package
 //! `moto[server]`), on a free port of 127.0.0.1, stopped when the process ends. moto's state
 //! is shared by everything that talks to it: give each test its own table, bucket or stream
 //! names.
+//!
+//! The server answers one request at a time ([`LAUNCHER`]): moto rolls a failed
+//! TransactWriteItems back by putting back a copy of each table it touched, taken when it
+//! started, which undoes whatever other requests wrote to those tables meanwhile. Served
+//! concurrently, a conditional append that fails (a re-delivered record) erases appends
+//! that succeeded beside it, and a fleet on moto loses acknowledged events; DynamoDB itself
+//! does not.
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -15,8 +22,26 @@ pub(crate) fn endpoint() -> &'static str {
     ENDPOINT.get_or_init(start)
 }
 
+/// A second server, for lease tables: a worker's lease renewals are answered at once there
+/// however busy the first one is with the fleet's event writes (moto serves requests one
+/// at a time in effect, and a renewal stuck behind them fences a live worker; DynamoDB
+/// would answer it).
+pub(crate) fn lease_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(start)
+}
+
 /// SDK configuration pointing at the moto server, with test credentials.
 pub(crate) async fn config() -> aws_config::SdkConfig {
+    config_for(endpoint()).await
+}
+
+/// SDK configuration pointing at the lease tables' server ([`lease_endpoint`]).
+pub(crate) async fn lease_config() -> aws_config::SdkConfig {
+    config_for(lease_endpoint()).await
+}
+
+async fn config_for(endpoint: &str) -> aws_config::SdkConfig {
     // SAFETY: set once, to the same values, before any client reads them.
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
@@ -24,7 +49,7 @@ pub(crate) async fn config() -> aws_config::SdkConfig {
     }
     sdk_config(&AwsEndpoint {
         region: Some("us-east-1".into()),
-        endpoint_url: Some(endpoint().to_string()),
+        endpoint_url: Some(endpoint.to_string()),
     })
     .await
 }
@@ -40,6 +65,11 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// Runs `python3 -m moto.server` with werkzeug's server single-threaded (`threaded=False`;
+/// it then also closes each connection after its answer, so no idle client holds it up).
+const LAUNCHER: &str = "import sys, moto.server as s; run = s.run_simple; \
+    s.run_simple = lambda *a, **k: run(*a, **{**k, 'threaded': False}); s.main(sys.argv[1:])";
+
 fn start() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -47,7 +77,7 @@ fn start() -> String {
         .port();
     // A watchdog shell stops the server when this test process is gone.
     let script = format!(
-        "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
+        "python3 -c \"$MOTO_LAUNCHER\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 $server",
         parent = std::process::id()
     );
@@ -55,6 +85,7 @@ fn start() -> String {
     // (a test running the bench) would otherwise wait for the watchdog too.
     let mut watchdog = Command::new("sh")
         .args(["-c", &script])
+        .env("MOTO_LAUNCHER", LAUNCHER)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -64,11 +64,19 @@ struct Held {
 }
 
 /// Stops the live contacts of `shard` (none when its hash range is unknown); answers how
-/// many.
-async fn release(router: &Addr<ContactRouter>, shard: Option<ShardInfo>) -> usize {
+/// many. With `fence` (the lease key, while the shard's reader may still be feeding), the
+/// router also refuses their records until [`Unfence`](crate::actors::router::Unfence).
+async fn release(
+    router: &Addr<ContactRouter>,
+    shard: Option<ShardInfo>,
+    fence: Option<&str>,
+) -> usize {
     match shard {
         Some(shard) => router
-            .send(Release(Box::new(move |id| shard.holds(id))))
+            .send(Release {
+                selects: Box::new(move |id| shard.holds(id)),
+                fence: fence.map(str::to_string),
+            })
             .await
             .unwrap_or(0),
         None => 0,

@@ -204,6 +204,11 @@ impl KinesisSource {
                     );
                     read_ahead = ahead;
                     stats += batch;
+                    if batch.not_owned > 0 {
+                        // Fenced: the lease was lost while this batch was fed; the new
+                        // owner reads it again from the checkpoint.
+                        break 'reading ReaderEnd::Lost;
+                    }
                     if batch.undeliverable > 0 {
                         failures += 1;
                         tracing::warn!(shard = %lease.shard_id, undeliverable = batch.undeliverable, "records not durable; reading the batch again");

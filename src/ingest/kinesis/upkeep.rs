@@ -9,7 +9,7 @@ use actix::Addr;
 
 use super::leases::{Lease, LeasePlanner, Renewal, ShardInfo};
 use super::{Held, KinesisSource, ReaderEnd, release};
-use crate::actors::router::ContactRouter;
+use crate::actors::router::{ContactRouter, Unfence};
 use crate::metrics::metrics;
 
 impl KinesisSource {
@@ -36,9 +36,11 @@ impl KinesisSource {
             .remove_label_values(&[lease.shard_id.as_str()])
             .ok();
         if lease.shard.is_some() {
-            let stopped = release(router, lease.shard.clone()).await;
+            let stopped = release(router, lease.shard.clone(), None).await;
             tracing::info!(lease = %key, contacts = stopped, ?end, "stopped the contacts of a shard no longer read here");
         }
+        // Its reader has ended: nothing of the shard reaches the router from here any more.
+        router.do_send(Unfence(key.to_string()));
         if !moved {
             self.give_back(key, &lease.token).await;
         }
@@ -64,7 +66,7 @@ impl KinesisSource {
             })
             .collect();
         for (key, shard) in expired {
-            let stopped = release(router, shard).await;
+            let stopped = release(router, shard, Some(&key)).await;
             tracing::warn!(lease = %key, contacts = stopped, "lease not renewed for a lease duration; stopped its reader and contacts");
         }
     }
