@@ -8,6 +8,4 @@ pub mod kinesis;
 pub mod record;
 pub mod source;
 
-/// The shard leases, also at their path before they joined the Kinesis adapter's folder.
-pub use kinesis::leases;
 pub use source::{Incoming, Ingested, Position, ReadStats, RejectLog, Rejected, read_jsonl};
