@@ -6,23 +6,30 @@
 //! behind), deadlines, and retries with jittered backoff. Late sentiment is skipped and
 //! reported, except a contact's latest customer utterance, which is always judged; summaries
 //! are never dropped.
+//!
+//! Here: the config, the messages and the actor, which starts every call the limits allow
+//! and keeps the book of who awaits what; `queue` holds the waiting requests (ordering,
+//! coalescing), `lane` each model's limits and running calls, `calls` the model calls
+//! themselves (outcomes, retries, metrics).
+
+mod calls;
+mod lane;
+mod queue;
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::backoff::backoff;
+use self::lane::{Lane, estimate_tokens};
+use self::queue::{SentimentJob, SentimentQueue, SummaryJob, Work};
 use crate::events::{
     ModelCallSkipped, ModelTask, Participant, SentimentAssessed, SummaryFailed, SummaryGenerated,
 };
 use crate::metrics::metrics;
-use crate::models::{CancellationToken, ModelError, SentimentClassifier, Summariser, Turn, Usage};
+use crate::models::{CancellationToken, SentimentClassifier, Summariser, Turn};
 
 /// Limits for one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,246 +174,6 @@ pub struct QueueDepth {
     pub running: usize,
 }
 
-/// What a model request is for, within its contact: the gateway holds each at most once.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Work {
-    Sentiment(String),
-    Summary(u32),
-}
-
-impl SentimentJob {
-    /// The utterances it judges.
-    fn work(&self) -> Vec<Work> {
-        std::iter::once(&self.request.segment_id)
-            .chain(&self.coalesced)
-            .map(|s| Work::Sentiment(s.clone()))
-            .collect()
-    }
-}
-
-struct SentimentJob {
-    request: JudgeUtterance,
-    coalesced: Vec<String>,
-    enqueued: Instant,
-    newest: Instant,
-    attempts: u32,
-}
-
-struct SummaryJob {
-    request: WriteSummary,
-    attempts: u32,
-    enqueued: Instant,
-}
-
-/// Waiting sentiment jobs of one class of speaker: first come, first served across
-/// contacts; a contact's new utterance joins its last waiting job when the speaker is the
-/// same and there is room.
-#[derive(Default)]
-struct ContactFifo {
-    order: VecDeque<String>,
-    jobs: HashMap<String, VecDeque<SentimentJob>>,
-    len: usize,
-}
-
-impl ContactFifo {
-    /// Merges `request` into the contact's last waiting job when it can; gives it back
-    /// otherwise.
-    fn coalesce(
-        &mut self,
-        request: JudgeUtterance,
-        max_coalesced: usize,
-    ) -> Option<JudgeUtterance> {
-        let Some(last) = self
-            .jobs
-            .get_mut(&request.contact_id)
-            .and_then(|q| q.back_mut())
-            .filter(|last| {
-                last.request.participant == request.participant
-                    && last.coalesced.len() + 1 < max_coalesced
-            })
-        else {
-            return Some(request);
-        };
-        let older = std::mem::replace(&mut last.request, request);
-        last.coalesced.push(older.segment_id);
-        last.request.text = format!("{}\n{}", older.text, last.request.text);
-        last.newest = Instant::now();
-        None
-    }
-
-    fn push_job(&mut self, job: SentimentJob, front: bool) {
-        let contact = job.request.contact_id.clone();
-        let queue = self.jobs.entry(contact.clone()).or_default();
-        if front {
-            queue.push_front(job);
-            self.order.push_front(contact);
-        } else {
-            queue.push_back(job);
-            self.order.push_back(contact);
-        }
-        self.len += 1;
-    }
-
-    /// The oldest job, and whether a newer job of the same contact waits behind it.
-    fn front(&self) -> Option<(&SentimentJob, bool)> {
-        let contact = self.order.front()?;
-        let queue = self.jobs.get(contact)?;
-        Some((queue.front()?, queue.len() > 1))
-    }
-
-    fn pop_front(&mut self) -> Option<SentimentJob> {
-        let contact = self.order.pop_front()?;
-        let queue = self.jobs.get_mut(&contact)?;
-        let job = queue.pop_front();
-        if queue.is_empty() {
-            self.jobs.remove(&contact);
-        }
-        self.len -= 1;
-        job
-    }
-}
-
-/// Waiting sentiment jobs: customer utterances (and those of unnamed speakers, which
-/// escalate like them) before agent turns, each class first come, first served.
-#[derive(Default)]
-struct SentimentQueue {
-    customers: ContactFifo,
-    agents: ContactFifo,
-}
-
-/// The next job to start or drop, and what may be done with it.
-struct Front {
-    /// From the agents' queue.
-    agent: bool,
-    /// When the newest utterance in it arrived.
-    newest: Instant,
-    /// Rough prompt size.
-    tokens: u32,
-    /// A newer job of the same contact and class waits behind it.
-    superseded: bool,
-}
-
-impl SentimentQueue {
-    fn len(&self) -> usize {
-        self.customers.len + self.agents.len
-    }
-
-    fn class(&mut self, agent: bool) -> &mut ContactFifo {
-        if agent {
-            &mut self.agents
-        } else {
-            &mut self.customers
-        }
-    }
-
-    /// Queues a request (or merges it); returns the oldest job if the queue overflowed
-    /// (an agent turn while there is one).
-    fn push(
-        &mut self,
-        request: JudgeUtterance,
-        max_coalesced: usize,
-        max_len: usize,
-    ) -> Option<SentimentJob> {
-        let agent = request.participant == Participant::Agent;
-        let request = self.class(agent).coalesce(request, max_coalesced)?;
-        let overflow = if self.len() >= max_len {
-            self.pop_front_of(self.agents.len > 0)
-        } else {
-            None
-        };
-        let now = Instant::now();
-        self.class(agent).push_job(
-            SentimentJob {
-                request,
-                coalesced: Vec::new(),
-                enqueued: now,
-                newest: now,
-                attempts: 0,
-            },
-            false,
-        );
-        overflow
-    }
-
-    /// Puts a job back at the front of its class (a retry).
-    fn push_front(&mut self, job: SentimentJob) {
-        let agent = job.request.participant == Participant::Agent;
-        self.class(agent).push_job(job, true);
-    }
-
-    /// What would be started next: a customer's job while one waits, else an agent's.
-    fn front(&self) -> Option<Front> {
-        let (agent, (job, superseded)) = match self.customers.front() {
-            Some(front) => (false, front),
-            None => (true, self.agents.front()?),
-        };
-        Some(Front {
-            agent,
-            newest: job.newest,
-            tokens: estimate_tokens(job.request.text.len()),
-            superseded,
-        })
-    }
-
-    fn pop_front_of(&mut self, agent: bool) -> Option<SentimentJob> {
-        self.class(agent).pop_front()
-    }
-}
-
-/// One model's limits and current use.
-struct Lane {
-    limits: ModelLimits,
-    running: usize,
-    requests: Option<DefaultDirectRateLimiter>,
-    tokens: Option<DefaultDirectRateLimiter>,
-}
-
-impl Lane {
-    fn new(limits: ModelLimits) -> Self {
-        let requests = NonZeroU32::new(limits.requests_per_second)
-            .map(|n| RateLimiter::direct(Quota::per_second(n)));
-        let tokens = NonZeroU32::new(limits.tokens_per_minute)
-            .map(|n| RateLimiter::direct(Quota::per_minute(n)));
-        Self {
-            limits,
-            running: 0,
-            requests,
-            tokens,
-        }
-    }
-
-    /// Takes a slot for a call of about `tokens` tokens, or says how long to wait.
-    fn admit(&mut self, tokens: u32) -> Result<(), Option<Duration>> {
-        if self.running >= self.limits.concurrency.max(1) {
-            return Err(None);
-        }
-        let now = DefaultClock::default().now();
-        if let Some(limiter) = &self.requests
-            && let Err(not_until) = limiter.check()
-        {
-            return Err(Some(not_until.wait_time_from(now)));
-        }
-        if let Some(limiter) = &self.tokens {
-            let n = NonZeroU32::new(tokens.max(1)).expect("at least 1");
-            match limiter.check_n(n) {
-                Ok(Ok(())) => {}
-                Ok(Err(not_until)) => return Err(Some(not_until.wait_time_from(now))),
-                // A call bigger than a whole minute's budget can never fit: let it through
-                // alone rather than starve it.
-                Err(_) if self.running == 0 => {}
-                Err(_) => return Err(None),
-            }
-        }
-        self.running += 1;
-        Ok(())
-    }
-}
-
-/// Rough token count of a prompt: about four characters a token, plus the instructions.
-fn estimate_tokens(text_len: usize) -> u32 {
-    (text_len / 4 + 64).min(u32::MAX as usize) as u32
-}
-
 /// The gateway actor.
 pub struct ModelGateway {
     config: GatewayConfig,
@@ -441,14 +208,6 @@ impl ModelGateway {
             replies: HashMap::new(),
             cancel: CancellationToken::new(),
         }
-    }
-
-    fn backoff(&self, attempts: u32) -> Duration {
-        backoff(
-            self.config.retry_base_ms,
-            self.config.retry_max_ms,
-            attempts,
-        )
     }
 
     fn lane(&mut self, id: &str) -> &mut Lane {
@@ -584,124 +343,6 @@ impl ModelGateway {
             why: why.to_string(),
             stale_ms: job.enqueued.elapsed().as_millis() as u64,
         }));
-    }
-
-    fn start_sentiment(&mut self, mut job: SentimentJob, ctx: &mut Context<Self>) {
-        let model = self.backends.sentiment.clone();
-        let cancel = self.cancel.child_token();
-        let utterance = Turn::new(job.request.participant.as_str(), job.request.text.clone());
-        let context = std::mem::take(&mut job.request.context);
-        let call = timed(async move { model.classify(&utterance, &context, &cancel).await });
-        ctx.spawn(call.into_actor(self).map(move |(result, took), act, ctx| {
-            let id = act.backends.sentiment_id.clone();
-            act.lane(&id).running -= 1;
-            job.attempts += 1;
-            record_call("sentiment", &id, &result.as_ref().map(|s| s.usage), took);
-            match result {
-                Ok(s) => {
-                    let latency_ms = job.enqueued.elapsed().as_millis() as u64;
-                    let r = &job.request;
-                    let reply = act.settle(&r.contact_id, job.work(), &r.reply);
-                    reply.do_send(ModelOutcome::Judged(SentimentAssessed {
-                        segment_id: r.segment_id.clone(),
-                        coalesced: job.coalesced.clone(),
-                        participant: r.participant,
-                        label: s.label,
-                        scores: s.scores,
-                        model: s.model_id,
-                        latency_ms,
-                        tokens_in: s.usage.input_tokens,
-                        tokens_out: s.usage.output_tokens,
-                        cost_usd: s.cost_usd,
-                    }));
-                }
-                Err(ModelError::Cancelled) => {
-                    act.settle(&job.request.contact_id, job.work(), &job.request.reply);
-                }
-                Err(e) if e.is_transient() && job.attempts < act.config.sentiment_attempts => {
-                    tracing::warn!(contact = %job.request.contact_id, error = %e, "sentiment call failed; retrying");
-                    let delay = act.backoff(job.attempts);
-                    ctx.run_later(delay, move |act, ctx| act.requeue_sentiment(job, ctx));
-                }
-                Err(e) => act.skip(job, &format!("model failed: {e}")),
-            }
-            act.pump(ctx);
-        }));
-    }
-
-    fn requeue_sentiment(&mut self, job: SentimentJob, ctx: &mut Context<Self>) {
-        self.sentiment.push_front(job);
-        self.pump(ctx);
-    }
-
-    fn start_summary(&mut self, mut job: SummaryJob, ctx: &mut Context<Self>) {
-        let model = self.backends.summariser.clone();
-        let cancel = self.cancel.child_token();
-        let turns = job.request.turns.clone();
-        let call = timed(async move { model.summarise(&turns, &cancel).await });
-        ctx.spawn(call.into_actor(self).map(move |(result, took), act, ctx| {
-            let id = act.backends.summary_id.clone();
-            act.lane(&id).running -= 1;
-            job.attempts += 1;
-            record_call("summary", &id, &result.as_ref().map(|s| s.usage), took);
-            let r = &job.request;
-            let work = vec![Work::Summary(r.version)];
-            match result {
-                Ok(s) => act
-                    .settle(&r.contact_id, work, &r.reply)
-                    .do_send(ModelOutcome::Summarised(s.into_event(r.version))),
-                Err(ModelError::Cancelled) => {
-                    act.settle(&r.contact_id, work, &r.reply);
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(contact = %r.contact_id, error = %e, attempts = job.attempts, "summary call failed; retrying");
-                    let delay = act.backoff(job.attempts);
-                    ctx.run_later(delay, move |act, ctx| {
-                        act.summaries.push_front(job);
-                        act.pump(ctx);
-                    });
-                }
-                Err(e) => act.settle(&r.contact_id, work, &r.reply).do_send(ModelOutcome::SummaryFailed(SummaryFailed {
-                    version: r.version,
-                    model: id,
-                    error: e.to_string(),
-                    attempts: job.attempts,
-                })),
-            }
-            act.pump(ctx);
-        }));
-    }
-}
-
-/// Runs `call`, returning its output and how long it took.
-async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
-    let started = Instant::now();
-    let output = call.await;
-    (output, started.elapsed())
-}
-
-/// Counts a finished model call: outcome, latency and tokens.
-fn record_call(task: &str, model: &str, result: &Result<Usage, &ModelError>, took: Duration) {
-    let m = metrics();
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(ModelError::Cancelled) => "cancelled",
-        Err(e) if e.is_transient() => "retried",
-        Err(_) => "error",
-    };
-    m.model_calls
-        .with_label_values(&[task, model, outcome])
-        .inc();
-    m.model_latency
-        .with_label_values(&[task])
-        .observe(took.as_secs_f64());
-    if let Ok(usage) = result {
-        m.model_tokens
-            .with_label_values(&[model, "in"])
-            .inc_by(u64::from(usage.input_tokens));
-        m.model_tokens
-            .with_label_values(&[model, "out"])
-            .inc_by(u64::from(usage.output_tokens));
     }
 }
 
