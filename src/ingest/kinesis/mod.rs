@@ -217,9 +217,10 @@ impl KinesisSource {
         stats
     }
 
-    /// Lease upkeep, every third of a lease duration: until `stop` renews, adds and takes
-    /// leases (sending those taken, with their shards, on `taken`); then only renews what
-    /// is held, until the pipeline has `settled`.
+    /// Lease upkeep, every third of a lease duration: renews what is held until the
+    /// pipeline has `settled`; beside it, until `stop`, adds and takes leases (sending those
+    /// taken, with their shards, on `taken`). The two never wait for each other: a slow
+    /// shard listing or lease-table scan cannot hold a renewal back.
     async fn upkeep(
         &self,
         held: &RefCell<HashMap<String, Held>>,
@@ -228,34 +229,49 @@ impl KinesisSource {
         settled: &CancellationToken,
     ) {
         let lease_duration = Duration::from_millis(self.config.lease_duration_ms);
-        let mut planner = LeasePlanner::new(&self.me, lease_duration);
-        let mut tick = tokio::time::interval(lease_duration / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut synced: Option<Instant> = None;
-        let mut shards: HashMap<String, ShardInfo> = HashMap::new();
-        loop {
-            tokio::select! {
-                () = settled.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            metrics()
-                .kinesis_leases_held
-                .set(held.borrow().len() as i64);
-            if stop.is_cancelled() {
+        let every = |period| {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let renewing = async {
+            let mut tick = every(lease_duration / 3);
+            loop {
+                tokio::select! {
+                    () = settled.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                metrics()
+                    .kinesis_leases_held
+                    .set(held.borrow().len() as i64);
                 self.renew_held(held).await;
-                continue;
             }
-            let round = self
-                .keep_leases(&mut planner, held, &mut synced, &mut shards)
-                .await;
-            for lease in round.unwrap_or_else(|e| {
-                tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
-                Vec::new()
-            }) {
-                let shard = shards.get(&lease.shard_id).cloned();
-                taken.send((lease, shard)).ok();
+        };
+        let balancing = async {
+            let mut planner = LeasePlanner::new(&self.me, lease_duration);
+            let mut tick = every(lease_duration / 3);
+            let mut synced: Option<Instant> = None;
+            let mut shards: HashMap<String, ShardInfo> = HashMap::new();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let round = self
+                    .keep_leases(&mut planner, held, &mut synced, &mut shards)
+                    .await;
+                for lease in round.unwrap_or_else(|e| {
+                    tracing::warn!(error = format!("{e:#}"), "lease upkeep failed; retrying");
+                    Vec::new()
+                }) {
+                    let shard = shards.get(&lease.shard_id).cloned();
+                    taken.send((lease, shard)).ok();
+                }
             }
-        }
+        };
+        // On the heap: the balancing round's future is large, and a worker's whole future
+        // would not fit a thread's stack in a debug build otherwise.
+        tokio::join!(Box::pin(renewing), Box::pin(balancing));
     }
 
     /// Starts a reader (and the resumption of the unfinished contacts) for every lease

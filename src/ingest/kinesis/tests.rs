@@ -661,3 +661,78 @@ async fn a_worker_cut_off_from_its_leases_stops_their_contacts_on_its_own_clock(
     );
     pipeline.stop();
 }
+
+#[actix_rt::test]
+async fn a_slow_shard_listing_never_holds_the_lease_renewals_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (kinesis, name) = stream(1).await;
+    let (dynamo, lease_table, leases) = lease_table(&name).await;
+    // ListShards goes unanswered while `slow` is set (and, the proxy taking one request at
+    // a time, so does the reader's GetRecords): a Kinesis control plane throttling or down.
+    let slow = Arc::new(AtomicBool::new(false));
+    let (endpoint, _) = {
+        let slow = slow.clone();
+        moto::proxy(move |request| {
+            let listing = request.windows(10).any(|w| w == b"ListShards");
+            if listing && slow.load(Ordering::SeqCst) {
+                moto::Forward::Hold
+            } else {
+                moto::Forward::Answer
+            }
+        })
+    };
+    let sdk = moto::config().await;
+    let slow_kinesis = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::config::Builder::from(&sdk)
+            .endpoint_url(endpoint)
+            .build(),
+    );
+    let (_dir, _data, pipeline, rejects) = stand_in_pipeline().await;
+    let kinesis_config = KinesisConfig {
+        stream: name.clone(),
+        lease_table,
+        worker_id: "a".into(),
+        lease_duration_ms: 900,
+        shard_sync_ms: 100,
+        idle_poll_ms: 20,
+        ..KinesisConfig::default()
+    };
+    let worker = KinesisSource::with_clients(&kinesis_config, slow_kinesis, dynamo).unwrap();
+    let stop = CancellationToken::new();
+    let live = || async {
+        pipeline
+            .router
+            .send(GetActivity { among: None })
+            .await
+            .unwrap()
+            .live
+    };
+    let driving = async {
+        let open = put(&kinesis, &name, &call("k-slow")[..2], None).await;
+        wait_for_leases(&leases, "the call read", reached(&open)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while live().await == 0 {
+            assert!(Instant::now() < deadline, "the call never opened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slow.store(true, Ordering::SeqCst);
+        // Four lease durations of a stalled listing: the lease is still renewed, so the
+        // shard's contact keeps running here.
+        let until = Instant::now() + Duration::from_millis(4 * 900);
+        while Instant::now() < until {
+            assert!(
+                live().await > 0,
+                "the contact was stopped: the renewals waited behind the shard listing"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slow.store(false, Ordering::SeqCst);
+        stop.cancel();
+    };
+    let (_, ()) = tokio::join!(
+        worker.run(&pipeline, &rejects, 64, SETTLE, stop.clone()),
+        driving
+    );
+    pipeline.stop();
+}

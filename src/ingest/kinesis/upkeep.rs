@@ -121,8 +121,8 @@ impl KinesisSource {
         }
     }
 
-    /// One round of lease upkeep: renews what is held, adds leases for new shards, and
-    /// takes (or claims) this worker's share. Returns the leases just taken.
+    /// One round of balancing: adds leases for new shards, and takes (or claims) this
+    /// worker's share. Returns the leases just taken.
     pub(super) async fn keep_leases(
         &self,
         planner: &mut LeasePlanner,
@@ -130,7 +130,6 @@ impl KinesisSource {
         synced: &mut Option<Instant>,
         known: &mut HashMap<String, ShardInfo>,
     ) -> anyhow::Result<Vec<Lease>> {
-        self.renew_held(held).await;
         let sync_every = Duration::from_millis(self.config.shard_sync_ms);
         if synced.is_none_or(|at| at.elapsed() >= sync_every) {
             let shards = self.shards().await?;
