@@ -28,12 +28,13 @@ pub async fn run(config: &Config, data_dir: &Path, inputs: Inputs) -> anyhow::Re
     let backends = super::backends(config).await?;
     let stats = super::run::run(config, &data, backends, inputs).await?;
     eprintln!(
-        "appended {} records, {} duplicates, {} refused, {} rejected, {} undeliverable (refusals in {})",
+        "appended {} records, {} duplicates, {} refused, {} rejected, {} undeliverable, {} handed back to their shard's new owner (refusals in {})",
         stats.appended,
         stats.duplicates,
         stats.refused,
         stats.rejected,
         stats.undeliverable,
+        stats.not_owned,
         data.reject_log().display()
     );
     Ok(())
