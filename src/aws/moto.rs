@@ -65,10 +65,27 @@ pub(crate) fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// Runs `python3 -m moto.server` with werkzeug's server single-threaded (`threaded=False`;
-/// it then also closes each connection after its answer, so no idle client holds it up).
-const LAUNCHER: &str = "import sys, moto.server as s; run = s.run_simple; \
-    s.run_simple = lambda *a, **k: run(*a, **{**k, 'threaded': False}); s.main(sys.argv[1:])";
+/// Runs `python3 -m moto.server` with its application behind one lock: each connection
+/// still has a thread of its own, but one request is handled at a time. (A single-threaded
+/// server would not do: a connection a client opened and has not used yet, such as one an
+/// HTTP pool kept from a cancelled request, would hold it up until the client closed it.)
+const LAUNCHER: &str = "
+import sys, threading
+import moto.server as server
+
+lock = threading.Lock()
+run_simple = server.run_simple
+
+def one_at_a_time(app):
+    def handle(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+    return handle
+
+server.run_simple = lambda host, port, app, **options: run_simple(
+    host, port, one_at_a_time(app), **options)
+server.main(sys.argv[1:])
+";
 
 fn start() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
