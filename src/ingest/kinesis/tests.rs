@@ -585,27 +585,78 @@ fn config_is_checked() {
     );
 }
 
+/// A proxy in front of moto that holds the requests `holds` picks while its switch is on:
+/// the switch, the proxy's endpoint, and how many held requests their client gave up on.
+fn switched_proxy(
+    holds: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let on = std::sync::Arc::new(AtomicBool::new(false));
+    let switch = on.clone();
+    let (endpoint, abandoned) = moto::proxy(move |request| {
+        if switch.load(Ordering::SeqCst) && holds(request) {
+            moto::Forward::Hold
+        } else {
+            moto::Forward::Answer
+        }
+    });
+    (on, endpoint, abandoned)
+}
+
+/// Worker "a" on `stream` with 900 ms leases and quick polls.
+fn quick_worker_config(stream: &str, lease_table: &str) -> KinesisConfig {
+    KinesisConfig {
+        stream: stream.to_string(),
+        lease_table: lease_table.to_string(),
+        worker_id: "a".into(),
+        lease_duration_ms: 900,
+        idle_poll_ms: 20,
+        ..KinesisConfig::default()
+    }
+}
+
+/// How many contacts have a live actor in `pipeline`.
+async fn live_contacts(pipeline: &crate::actors::Pipeline) -> usize {
+    pipeline
+        .router
+        .send(GetActivity { among: None })
+        .await
+        .unwrap()
+        .live
+}
+
+/// Puts the start of call `contact` and waits until the worker has read it and its actor
+/// runs.
+async fn open_call(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    leases: &LeaseTable,
+    pipeline: &crate::actors::Pipeline,
+    contact: &str,
+) {
+    let open = put(kinesis, stream, &call(contact)[..2], None).await;
+    wait_for_leases(leases, "the call read", reached(&open)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while live_contacts(pipeline).await == 0 {
+        assert!(Instant::now() < deadline, "the call never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A worker whose lease store stops answering (a partition, a hung connection) stops
 /// the shard's contacts once a lease duration has passed since its last renewal was
 /// sent, on its own clock: from then on another worker may take the lease, and nothing
 /// of the shard may still run here. Not after the hung request finally fails.
 #[actix_rt::test]
 async fn a_worker_cut_off_from_its_leases_stops_their_contacts_on_its_own_clock() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let (kinesis, name) = stream(1).await;
     let (_, lease_table, leases) = lease_table(&name).await;
-    let cut_off = Arc::new(AtomicBool::new(false));
-    let (endpoint, abandoned) = {
-        let cut_off = cut_off.clone();
-        moto::proxy(move |_| {
-            if cut_off.load(Ordering::SeqCst) {
-                moto::Forward::Hold
-            } else {
-                moto::Forward::Answer
-            }
-        })
-    };
+    let (cut_off, endpoint, abandoned) = switched_proxy(|_| true);
     let sdk = moto::config().await;
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
@@ -613,38 +664,15 @@ async fn a_worker_cut_off_from_its_leases_stops_their_contacts_on_its_own_clock(
             .build(),
     );
     let (_dir, _data, pipeline, rejects) = stand_in_pipeline().await;
-    let kinesis_config = KinesisConfig {
-        stream: name.clone(),
-        lease_table: lease_table.clone(),
-        worker_id: "a".into(),
-        lease_duration_ms: 900,
-        idle_poll_ms: 20,
-        ..KinesisConfig::default()
-    };
+    let kinesis_config = quick_worker_config(&name, &lease_table);
     let worker = KinesisSource::with_clients(&kinesis_config, kinesis.clone(), dynamo).unwrap();
     let stop = CancellationToken::new();
-    let live = || async {
-        pipeline
-            .router
-            .send(GetActivity { among: None })
-            .await
-            .unwrap()
-            .live
-    };
     let driving = async {
-        let open = put(&kinesis, &name, &call("k-cut")[..2], None).await;
-        wait_for_leases(&leases, "the call read", reached(&open)).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while live().await == 0 {
-            assert!(Instant::now() < deadline, "the call never opened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        open_call(&kinesis, &name, &leases, &pipeline, "k-cut").await;
         cut_off.store(true, Ordering::SeqCst);
-        while live().await > 0 {
-            assert!(
-                Instant::now() < deadline + Duration::from_secs(90),
-                "never stopped"
-            );
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while live_contacts(&pipeline).await > 0 {
+            assert!(Instant::now() < deadline, "never stopped");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(
@@ -664,24 +692,13 @@ async fn a_worker_cut_off_from_its_leases_stops_their_contacts_on_its_own_clock(
 
 #[actix_rt::test]
 async fn a_slow_shard_listing_never_holds_the_lease_renewals_back() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let (kinesis, name) = stream(1).await;
     let (dynamo, lease_table, leases) = lease_table(&name).await;
-    // ListShards goes unanswered while `slow` is set (and, the proxy taking one request at
-    // a time, so does the reader's GetRecords): a Kinesis control plane throttling or down.
-    let slow = Arc::new(AtomicBool::new(false));
-    let (endpoint, _) = {
-        let slow = slow.clone();
-        moto::proxy(move |request| {
-            let listing = request.windows(10).any(|w| w == b"ListShards");
-            if listing && slow.load(Ordering::SeqCst) {
-                moto::Forward::Hold
-            } else {
-                moto::Forward::Answer
-            }
-        })
-    };
+    // ListShards goes unanswered while `slow` is on (and, the proxy taking one request at a
+    // time, so does the reader's GetRecords): a Kinesis control plane throttling or down.
+    let (slow, endpoint, _) =
+        switched_proxy(|request| request.windows(10).any(|w| w == b"ListShards"));
     let sdk = moto::config().await;
     let slow_kinesis = aws_sdk_kinesis::Client::from_conf(
         aws_sdk_kinesis::config::Builder::from(&sdk)
@@ -690,39 +707,20 @@ async fn a_slow_shard_listing_never_holds_the_lease_renewals_back() {
     );
     let (_dir, _data, pipeline, rejects) = stand_in_pipeline().await;
     let kinesis_config = KinesisConfig {
-        stream: name.clone(),
-        lease_table,
-        worker_id: "a".into(),
-        lease_duration_ms: 900,
         shard_sync_ms: 100,
-        idle_poll_ms: 20,
-        ..KinesisConfig::default()
+        ..quick_worker_config(&name, &lease_table)
     };
     let worker = KinesisSource::with_clients(&kinesis_config, slow_kinesis, dynamo).unwrap();
     let stop = CancellationToken::new();
-    let live = || async {
-        pipeline
-            .router
-            .send(GetActivity { among: None })
-            .await
-            .unwrap()
-            .live
-    };
     let driving = async {
-        let open = put(&kinesis, &name, &call("k-slow")[..2], None).await;
-        wait_for_leases(&leases, "the call read", reached(&open)).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while live().await == 0 {
-            assert!(Instant::now() < deadline, "the call never opened");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        open_call(&kinesis, &name, &leases, &pipeline, "k-slow").await;
         slow.store(true, Ordering::SeqCst);
         // Four lease durations of a stalled listing: the lease is still renewed, so the
         // shard's contact keeps running here.
         let until = Instant::now() + Duration::from_millis(4 * 900);
         while Instant::now() < until {
             assert!(
-                live().await > 0,
+                live_contacts(&pipeline).await > 0,
                 "the contact was stopped: the renewals waited behind the shard listing"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
