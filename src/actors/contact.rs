@@ -277,8 +277,11 @@ impl ContactActor {
     /// saves it).
     fn save_then_record(&mut self, summary: SummaryGenerated, ctx: &mut Context<Self>) {
         let done = vec![InFlight::Summary(summary.version)];
-        let next = self.contact.as_ref().map(|c| c.summary_version + 1);
-        if self.halt.is_halted() || next != Some(summary.version) {
+        let recordable = self.contact.as_ref().is_some_and(|c| {
+            c.decide(Command::Summarised(summary.clone()), Utc::now())
+                .is_ok_and(|events| !events.is_empty())
+        });
+        if self.halt.is_halted() || !recordable {
             // Nothing to save: recording it is ignored or refused.
             return self.handle_outcome(Command::Summarised(summary), done, ctx);
         }
