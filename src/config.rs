@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::actors::PipelineConfig;
 use crate::actors::dispatcher::AttributesConfig;
 use crate::actors::gateway::GatewayConfig;
+use crate::api::auth::ApiConfig;
 use crate::events::rules::EscalationRules;
 use crate::ingest::kinesis::KinesisConfig;
 use crate::models::bedrock::BedrockConfig;
 use crate::models::local::LocalConfig;
+use crate::redaction::RedactionConfig;
 use crate::sinks::s3::S3Config;
 use crate::sinks::webhook::WebhookConfig;
 use crate::store::dynamodb::DynamoConfig;
@@ -39,6 +41,10 @@ pub struct Config {
     pub summaries: SummariesConfig,
     /// `[kinesis]`: the stream `run --kinesis` reads, and its lease table.
     pub kinesis: Option<KinesisConfig>,
+    /// `[redaction]`: which personal data is replaced before records become events.
+    pub redaction: RedactionConfig,
+    /// `[api]`: tokens, rate limits and the live feed of the HTTP API.
+    pub api: ApiConfig,
 }
 
 /// The `[store]` table.

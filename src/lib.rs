@@ -4,6 +4,7 @@
 //! and summarises every call.
 
 pub mod actors;
+pub mod api;
 pub mod app;
 pub mod aws;
 pub mod backoff;
@@ -13,5 +14,6 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod models;
+pub mod redaction;
 pub mod sinks;
 pub mod store;

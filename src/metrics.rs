@@ -25,6 +25,16 @@ pub struct Metrics {
     pub records_not_owned: IntCounter,
     /// `partials_skipped_total`: partial segments dropped.
     pub partials_skipped: IntCounter,
+    /// `api_refused_total{status}`: API and ingest requests refused before any route ran
+    /// (401 no or unknown token, 403 wrong role, 429 over the rate).
+    pub api_refused: IntCounterVec,
+    /// `live_connections`: pages following `GET /api/live`.
+    pub live_connections: IntGauge,
+    /// `live_poll_errors_total`: failed reads of the log by the live feed (retried).
+    pub live_poll_errors: IntCounter,
+    /// `pii_redacted_total{kind}`: values of personal data replaced in transcripts, by kind
+    /// (`CARD`, `EMAIL`, ...).
+    pub pii_redacted: IntCounterVec,
     /// `events_appended_total`: events written to the event log.
     pub events_appended: IntCounter,
     /// `appends_total`: append calls (batches) to the event log.
@@ -124,6 +134,28 @@ impl Metrics {
                 "Records handed back because their contact's shard left this worker",
             ),
             partials_skipped: counter(r, "partials_skipped_total", "Partial segments dropped"),
+            api_refused: counter_vec(
+                r,
+                "api_refused_total",
+                "Requests refused by token or rate checks, by status",
+                &["status"],
+            ),
+            live_connections: register(
+                r,
+                IntGauge::new("live_connections", "Pages following GET /api/live")
+                    .expect("valid metric"),
+            ),
+            live_poll_errors: counter(
+                r,
+                "live_poll_errors_total",
+                "Failed reads of the log by the live feed",
+            ),
+            pii_redacted: counter_vec(
+                r,
+                "pii_redacted_total",
+                "Values of personal data replaced in transcripts, by kind",
+                &["kind"],
+            ),
             events_appended: counter(r, "events_appended_total", "Events appended to the log"),
             appends: counter(r, "appends_total", "Append calls to the event log"),
             outcome_append_retries: counter(

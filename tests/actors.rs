@@ -458,6 +458,7 @@ async fn a_call_another_worker_took_over_is_not_ended_by_this_ones_idle_timer() 
             text: "Are you still there?".into(),
             begin_offset_millis: None,
             end_offset_millis: None,
+            redactions: Default::default(),
         }),
     )
     .await;

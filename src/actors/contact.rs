@@ -489,6 +489,7 @@ fn command_for(record: Record) -> Command {
                 text: s.transcript,
                 begin_offset_millis: s.begin_offset_millis,
                 end_offset_millis: s.end_offset_millis,
+                redactions: s.redactions,
             },
             at: Utc::now(),
         },

@@ -51,7 +51,26 @@ fn samples() -> Vec<std::path::PathBuf> {
     vec![
         dir.join("angry-refund.jsonl"),
         dir.join("calm-billing.jsonl"),
+        dir.join("card-payment.jsonl"),
     ]
+}
+
+/// The card number, email and phone number the card-payment call speaks (in every form the
+/// call gives them), lower-cased.
+const SPOKEN_PII: [&str; 5] = [
+    "4556737586899855",
+    "four five five six seven three",
+    "priya",
+    "900461",
+    "07700",
+];
+
+/// Fails naming `what` if `bytes` hold any of [`SPOKEN_PII`].
+fn assert_no_pii(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes).to_lowercase();
+    for value in SPOKEN_PII {
+        assert!(!text.contains(value), "{what} holds {value:?}: {text}");
+    }
 }
 
 #[actix_rt::test]
@@ -147,6 +166,31 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
     let calm = events.read("calm-billing", SeqRange::all()).await.unwrap();
     assert!(calm.iter().all(|e| e.kind != "EscalationRaised"));
 
+    // The card payment's card number, email and phone never reached a model prompt or the
+    // log: the log says what was redacted.
+    for request in bedrock_stub.received() {
+        assert_no_pii("a Bedrock request", &request.body);
+    }
+    let paid = events.read("card-payment", SeqRange::all()).await.unwrap();
+    let mut redacted = crate::redaction::Counts::new();
+    for event in &paid {
+        assert_no_pii("an event", event.payload.as_bytes());
+        if let Ok(crate::events::Event::UtteranceReceived(u)) = event.decode() {
+            for (kind, n) in u.redactions {
+                *redacted.entry(kind).or_default() += n;
+            }
+        }
+    }
+    use crate::redaction::PiiKind;
+    assert_eq!(
+        redacted,
+        crate::redaction::Counts::from([
+            (PiiKind::Card, 1),
+            (PiiKind::Phone, 1),
+            (PiiKind::Email, 1)
+        ])
+    );
+
     // The escalation reached Connect once, with the contact and the configured attribute.
     let updates = connect_stub.received();
     assert_eq!(updates.len(), 1, "{updates:?}");
@@ -164,8 +208,9 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
         }
     };
     let mut first_versions = Vec::new();
-    for contact in ["angry-refund", "calm-billing"] {
+    for contact in ["angry-refund", "calm-billing", "card-payment"] {
         let bytes = object(format!("summaries/{contact}/v1.json")).await;
+        assert_no_pii("a summary", &bytes);
         let summary: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(summary["version"], 1);
         assert_eq!(summary["model"], "meta.llama3-8b-instruct-v1:0");
@@ -181,13 +226,17 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
                 let expected = signature(secret.as_bytes(), timestamp, &r.body);
                 assert_eq!(r.header(SIGNATURE_HEADER), Some(expected.as_str()));
                 assert_eq!(r.path, "/callpulse");
+                assert_no_pii("a CRM delivery", &r.body);
                 r.header(DELIVERY_HEADER).unwrap().to_string()
             })
             .collect();
         ids.sort();
         ids
     };
-    assert_eq!(deliveries(&crm), ["angry-refund/v1", "calm-billing/v1"]);
+    assert_eq!(
+        deliveries(&crm),
+        ["angry-refund/v1", "calm-billing/v1", "card-payment/v1"]
+    );
 
     // The same input again: nothing new anywhere.
     let bedrock_calls = bedrock_stub.received().len();
@@ -201,7 +250,7 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
         events.read("angry-refund", SeqRange::all()).await.unwrap(),
         angry
     );
-    assert_eq!(crm.received().len(), 2);
+    assert_eq!(crm.received().len(), 3);
 
     // A replay regenerates both summaries as version 2, on the same adapters; version 1
     // stays as it was.
@@ -219,8 +268,11 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
     )
     .await
     .unwrap();
-    assert_eq!((report.written, report.failed), (2, 0), "{report}");
-    for (contact, v1) in ["angry-refund", "calm-billing"].iter().zip(&first_versions) {
+    assert_eq!((report.written, report.failed), (3, 0), "{report}");
+    for (contact, v1) in ["angry-refund", "calm-billing", "card-payment"]
+        .iter()
+        .zip(&first_versions)
+    {
         let v2: serde_json::Value =
             serde_json::from_slice(&object(format!("summaries/{contact}/v2.json")).await).unwrap();
         assert_eq!(v2["version"], 2);
@@ -235,7 +287,9 @@ async fn the_demo_calls_run_end_to_end_on_the_aws_adapters() {
             "angry-refund/v1",
             "angry-refund/v2",
             "calm-billing/v1",
-            "calm-billing/v2"
+            "calm-billing/v2",
+            "card-payment/v1",
+            "card-payment/v2"
         ]
     );
 }

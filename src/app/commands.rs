@@ -3,10 +3,14 @@
 //! stores it needs, do the work, print the outcome. A command that finds a fault (a failed
 //! resend, a broken hash chain, a harness invariant) exits the process with status 1.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+
+use crate::api::auth::{self, Auth, Role, TOKENS_ENV};
+use crate::api::{self, Api};
 
 use super::query::{self, Format};
 use super::replay::{self, ReplayTarget};
@@ -18,6 +22,7 @@ use crate::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
 use crate::models::fetch;
 use crate::models::head::is_holdout;
 use crate::models::local::{LocalConfig, LocalModel};
+use crate::redaction::Redactor;
 use crate::store::ContactFilter;
 use crate::store::anchor::Anchor;
 
@@ -37,6 +42,47 @@ pub async fn run(config: &Config, data_dir: &Path, inputs: Inputs) -> anyhow::Re
         stats.not_owned,
         data.reject_log().display()
     );
+    Ok(())
+}
+
+/// `serve`: the API, live feed and dashboard over the configured stores at `listen`, until
+/// SIGTERM or SIGINT. Reads only; a worker running on the same stores keeps them current.
+pub async fn serve(config: &Config, data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let auth = Auth::new(&config.api, std::env::var(TOKENS_ENV).ok().as_deref())?;
+    let data = DataDir::open(data_dir)?;
+    let (events, projections) = super::stores(config, &data).await?;
+    if let Ok(_lock) = data.try_lock("serve")? {
+        crate::store::projection::catch_up(events.as_ref(), projections.as_ref(), 10_000).await?;
+    }
+    if !auth.has_tokens() {
+        eprintln!(
+            "no API tokens configured: every /api request is refused (`callpulse api token` makes one)"
+        );
+    }
+    let anchor = (config.store.kind == StoreKind::Sqlite).then(|| data.anchor());
+    let api = Api::start(events, projections, anchor, auth, &config.api);
+    let server = api::serve(listen, api, None, &config.api.cors_origins)
+        .with_context(|| format!("listening on {listen}"))?;
+    let handle = server.handle();
+    actix::spawn(server);
+    eprintln!("serving the API and dashboard at http://{listen}/");
+    super::run::shutdown_signal().await;
+    handle.stop(true).await;
+    Ok(())
+}
+
+/// `api token`: a new random token for `name` with `roles`, printed once with the config
+/// lines that hold its hash.
+pub fn api_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {
+    anyhow::ensure!(!roles.is_empty(), "give at least one --role (read, ingest)");
+    let token = auth::new_token();
+    let roles: Vec<String> = roles.iter().map(|r| format!("{:?}", r.as_str())).collect();
+    println!("token (shown once, keep it secret): {token}");
+    println!();
+    println!("[[api.tokens]]");
+    println!("name = {name:?}");
+    println!("sha256 = {:?}", auth::token_hash(&token));
+    println!("roles = [{}]", roles.join(", "));
     Ok(())
 }
 
@@ -311,6 +357,41 @@ pub async fn eval_summary(
             "(ROUGE F1 vs best reference; lower-cased alphanumeric tokens, Snowball English stemming)"
         );
     }
+    Ok(())
+}
+
+/// `eval redaction`: the configured redactor on the labelled utterances of `data`; a table
+/// (with the ids of the rows it got wrong), or one JSON object with `json`.
+pub fn eval_redaction(config: &Config, data: &Path, json: bool) -> anyhow::Result<()> {
+    let rows: Vec<eval::redaction::PiiRow> = read_jsonl(data)?;
+    let report = eval::redaction::score(&Redactor::new(&config.redaction), &rows)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>6} {:>6} {:>7} {:>9} {:>7} {:>9}",
+        "kind", "values", "caught", "recall", "redacted", "correct", "precision"
+    );
+    let line = |name: &str, s: &eval::redaction::RedactionScores| {
+        println!(
+            "{name:<10} {:>6} {:>6} {:>7.3} {:>9} {:>7} {:>9.3}",
+            s.values, s.caught, s.recall, s.redacted, s.correct, s.precision
+        )
+    };
+    for (kind, scores) in &report.per_kind {
+        line(kind.as_str(), scores);
+    }
+    line("overall", &report.overall);
+    println!(
+        "{} rows; wrong: {}",
+        report.rows,
+        if report.errors.is_empty() {
+            "none".to_string()
+        } else {
+            report.errors.join(", ")
+        }
+    );
     Ok(())
 }
 

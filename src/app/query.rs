@@ -95,31 +95,13 @@ pub async fn contact(
     if log.is_empty() {
         bail!("no events for contact {contact_id}");
     }
-    let decoded: Vec<(&StoredEvent, Result<Event, String>)> = log
-        .iter()
-        .map(|stored| (stored, stored.decode().map_err(|e| e.reason)))
-        .collect();
-    let summaries: Vec<&SummaryGenerated> = decoded
-        .iter()
-        .filter_map(|(_, body)| match body {
-            Ok(Event::SummaryGenerated(summary)) => Some(summary),
-            _ => None,
-        })
-        .collect();
     if format == Format::Json {
-        let events = decoded
-            .iter()
-            .map(|(stored, body)| EventView::new(stored, body))
-            .collect::<anyhow::Result<_>>()?;
-        let document = ContactView {
-            contact_id,
-            events,
-            summaries,
-        };
-        serde_json::to_writer_pretty(&mut *out, &document)?;
+        serde_json::to_writer_pretty(&mut *out, &timeline(contact_id, &log)?)?;
         writeln!(out)?;
         return Ok(());
     }
+    let decoded = decode_all(&log);
+    let summaries = summaries_of(&decoded);
     let judged = judgements(&decoded);
     for (stored, body) in &decoded {
         let line = match body {
@@ -149,6 +131,59 @@ pub async fn contact(
         )?;
     }
     Ok(())
+}
+
+/// One contact's log as `query contact --format json` and `GET /api/contacts/{id}` give it:
+/// `contactId`, `events` (each with `seq`, `kind`, `recordedAt` and its fields) and
+/// `summaries` (every version).
+pub fn timeline(contact_id: &str, log: &[StoredEvent]) -> anyhow::Result<Value> {
+    let decoded = decode_all(log);
+    let events = decoded
+        .iter()
+        .map(|(stored, body)| EventView::new(stored, body))
+        .collect::<anyhow::Result<_>>()?;
+    let document = ContactView {
+        contact_id,
+        events,
+        summaries: summaries_of(&decoded),
+    };
+    Ok(serde_json::to_value(document)?)
+}
+
+/// One event as JSON: `seq`, `kind`, `recordedAt`, then its fields (or, for a body that
+/// cannot be decoded, `error`).
+pub fn event_json(stored: &StoredEvent) -> anyhow::Result<Map<String, Value>> {
+    let body = stored.decode().map_err(|e| e.reason);
+    match serde_json::to_value(EventView::new(stored, &body)?)? {
+        Value::Object(fields) => Ok(fields),
+        _ => unreachable!("an event view is an object"),
+    }
+}
+
+/// The summaries of a contact's log, every version in log order.
+pub fn summaries(log: &[StoredEvent]) -> Vec<SummaryGenerated> {
+    summaries_of(&decode_all(log))
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+fn decode_all(log: &[StoredEvent]) -> Vec<(&StoredEvent, Result<Event, String>)> {
+    log.iter()
+        .map(|stored| (stored, stored.decode().map_err(|e| e.reason)))
+        .collect()
+}
+
+fn summaries_of<'a>(
+    decoded: &'a [(&StoredEvent, Result<Event, String>)],
+) -> Vec<&'a SummaryGenerated> {
+    decoded
+        .iter()
+        .filter_map(|(_, body)| match body {
+            Ok(Event::SummaryGenerated(summary)) => Some(summary),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Drops the read models and folds the whole log into them again. Returns how many events
@@ -397,6 +432,7 @@ pub(crate) mod tests {
                         text: text.into(),
                         begin_offset_millis: None,
                         end_offset_millis: None,
+                        redactions: Default::default(),
                     },
                     at: now,
                 },

@@ -14,12 +14,15 @@ use super::DataDir;
 use crate::actors::Pipeline;
 use crate::actors::feed::{FeedStats, feed};
 use crate::actors::gateway::Backends;
+use crate::api::auth::{Auth, TOKENS_ENV};
+use crate::api::{self, Api};
 use crate::config::Config;
-use crate::ingest::http;
+use crate::ingest::http::HttpIngest;
 use crate::ingest::kinesis::KinesisSource;
 use crate::ingest::source::{Ingested, RejectLog, read_jsonl};
 use crate::metrics::metrics;
 use crate::models::CancellationToken;
+use crate::redaction::Redactor;
 use crate::store::EventStore;
 use crate::store::anchor::Anchor;
 
@@ -53,14 +56,25 @@ pub async fn run(
     let kinesis = match (inputs.kinesis, &config.kinesis) {
         (false, _) => None,
         (true, Some(kinesis)) => {
-            let source = KinesisSource::new(kinesis).await?;
+            let source = KinesisSource::new(kinesis)
+                .await?
+                .redacting(Redactor::new(&config.redaction));
             source.check().await?;
             Some(source)
         }
         (true, None) => bail!("--kinesis needs a [kinesis] config table naming the stream"),
     };
+    let auth = match inputs.listen {
+        Some(_) => Some(Auth::new(
+            &config.api,
+            std::env::var(TOKENS_ENV).ok().as_deref(),
+        )?),
+        None => None,
+    };
+    let redactor = Redactor::new(&config.redaction);
     let parts = super::parts(config, data, backends).await?;
     let store = parts.store.clone();
+    let projections = parts.projections.clone();
     let mut anchor = Anchor::open(data.anchor())?;
     let pipeline = Pipeline::start(parts);
     // A fleet worker resumes only the contacts of the shards it takes (the Kinesis source
@@ -75,16 +89,24 @@ pub async fn run(
         .with_context(|| format!("opening {}", data.reject_log().display()))?;
     let (tx, rx) = mpsc::channel::<Ingested>(config.pipeline.max_in_flight.max(1));
 
-    let server = match inputs.listen {
-        Some(addr) => {
-            let server = http::serve(addr, tx.clone(), HTTP_BODY_LIMIT)
+    let server = match (inputs.listen, auth) {
+        (Some(addr), Some(auth)) => {
+            let api = Api::start(
+                store.clone(),
+                projections,
+                Some(data.anchor()),
+                auth,
+                &config.api,
+            );
+            let ingest = HttpIngest::new(tx.clone(), HTTP_BODY_LIMIT, redactor.clone());
+            let server = api::serve(addr, api, Some(ingest), &config.api.cors_origins)
                 .with_context(|| format!("listening on {addr}"))?;
             let handle = server.handle();
             actix::spawn(server);
-            tracing::info!(%addr, "accepting records over HTTP: POST /records; GET /metrics");
+            tracing::info!(%addr, "accepting records over HTTP: POST /records; the API and dashboard at /");
             Some(handle)
         }
-        None => None,
+        _ => None,
     };
     let files = inputs.files.clone();
     let file_tx = tx.clone();
@@ -92,11 +114,11 @@ pub async fn run(
     let reading = async move {
         for file in files {
             let result = if file.as_os_str() == "-" {
-                read_jsonl(tokio::io::stdin(), "stdin", &file_tx).await
+                read_jsonl(tokio::io::stdin(), "stdin", redactor.clone(), &file_tx).await
             } else {
                 let name = file.display().to_string();
                 match tokio::fs::File::open(&file).await {
-                    Ok(f) => read_jsonl(f, &name, &file_tx).await,
+                    Ok(f) => read_jsonl(f, &name, redactor.clone(), &file_tx).await,
                     Err(e) => Err(e),
                 }
             };
@@ -208,7 +230,7 @@ async fn stopped(stop: &CancellationToken) {
 }
 
 /// SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

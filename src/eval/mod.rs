@@ -1,8 +1,9 @@
-//! Measuring the models on labelled data: `callpulse eval sentiment|summary` and the training
-//! of the sentiment head.
+//! Measuring the models and the redactor on labelled data: `callpulse eval
+//! sentiment|summary|redaction` and the training of the sentiment head.
 
 pub mod data;
 pub mod metrics;
+pub mod redaction;
 pub mod rouge;
 pub mod train;
 

@@ -27,6 +27,7 @@ fn said(id: &str, who: Participant, text: &str) -> Command {
             text: text.into(),
             begin_offset_millis: None,
             end_offset_millis: None,
+            redactions: Default::default(),
         },
         at: Utc::now(),
     }

@@ -83,6 +83,9 @@ pub struct UtteranceReceived {
     /// End of the segment in the call, ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_offset_millis: Option<u64>,
+    /// How many values of each kind were redacted from `text` (never the values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub redactions: crate::redaction::Counts,
 }
 
 /// The last audio fragment fully transcribed, so a restart resumes after it.

@@ -96,6 +96,7 @@ pub fn records(value: Value) -> Result<Vec<Record>, RecordError> {
                     is_partial,
                     begin_offset_millis: text.begin_offset_millis,
                     end_offset_millis: text.end_offset_millis,
+                    redactions: Default::default(),
                 })
             })
             .collect()),

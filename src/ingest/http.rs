@@ -18,17 +18,15 @@
 //! then keyed `h-<key>-<n>`, the n-th of the body, and identical utterances sent under
 //! different keys are all kept.
 
-use std::net::ToSocketAddrs;
-
-use actix_web::dev::Server;
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{self, Sender};
 use tokio_util::bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
 use super::source::{Ack, Fate, Ingested, LineCodec, LineReader, ReadStats};
+use crate::redaction::Redactor;
 
 /// Default largest `POST /records` body, in bytes (8 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -40,12 +38,18 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 pub struct HttpIngest {
     sender: Sender<Ingested>,
     body_limit: usize,
+    redactor: Redactor,
 }
 
 impl HttpIngest {
-    /// Endpoints that send into `sender` and refuse bodies over `body_limit` bytes.
-    pub fn new(sender: Sender<Ingested>, body_limit: usize) -> Self {
-        Self { sender, body_limit }
+    /// Endpoints that send into `sender`, refuse bodies over `body_limit` bytes and redact
+    /// transcripts with `redactor`.
+    pub fn new(sender: Sender<Ingested>, body_limit: usize, redactor: Redactor) -> Self {
+        Self {
+            sender,
+            body_limit,
+            redactor,
+        }
     }
 }
 
@@ -77,33 +81,21 @@ pub struct LineRejection {
     pub retry: bool,
 }
 
-/// Registers the routes and shared state on an app: `App::new().configure(configure(data))`.
+/// Registers `POST /records`, `GET /metrics` and `GET /healthz` and their shared state on an
+/// app: `App::new().configure(configure(data))` (the server is [`crate::api::serve`]).
 pub fn configure(ingest: web::Data<HttpIngest>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::PayloadConfig::new(ingest.body_limit))
             .app_data(ingest)
-            .route("/records", web::post().to(post_records))
-            .route("/metrics", web::get().to(get_metrics))
-            .route("/healthz", web::get().to(get_healthz));
+            .route("/records", web::post().to(post_records));
+        configure_health(cfg);
     }
 }
 
-/// Binds `addr` and returns the running server; run it inside an actix System (await it or
-/// spawn it) and stop it with its handle's `.stop(true)` (graceful: requests in progress
-/// get their answers once their records are settled). The server installs no signal
-/// handlers: the caller owns shutdown.
-pub fn serve(
-    addr: impl ToSocketAddrs,
-    sender: Sender<Ingested>,
-    body_limit: usize,
-) -> std::io::Result<Server> {
-    let ingest = web::Data::new(HttpIngest::new(sender, body_limit));
-    Ok(
-        HttpServer::new(move || App::new().configure(configure(ingest.clone())))
-            .disable_signals()
-            .bind(addr)?
-            .run(),
-    )
+/// Registers `GET /metrics` and `GET /healthz` alone (a server that takes no records).
+pub fn configure_health(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(get_metrics))
+        .route("/healthz", web::get().to(get_healthz));
 }
 
 fn shutting_down() -> HttpResponse {
@@ -113,16 +105,20 @@ fn shutting_down() -> HttpResponse {
 
 /// The reader of one body: anchored at its `Idempotency-Key` when it has one; a key that
 /// is not 1 to [`MAX_IDEMPOTENCY_KEY`] visible ASCII characters is refused with why.
-fn reader_for(request: &HttpRequest) -> Result<LineReader, String> {
+fn reader_for(request: &HttpRequest, redactor: &Redactor) -> Result<LineReader, String> {
     let Some(key) = request.headers().get("idempotency-key") else {
-        return Ok(LineReader::new("http"));
+        return Ok(LineReader::new("http", redactor.clone()));
     };
     match key.to_str() {
         Ok(key)
             if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len())
                 && key.bytes().all(|b| b.is_ascii_graphic()) =>
         {
-            Ok(LineReader::anchored("http", format!("h-{key}")))
+            Ok(LineReader::anchored(
+                "http",
+                format!("h-{key}"),
+                redactor.clone(),
+            ))
         }
         _ => Err(format!(
             "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
@@ -138,7 +134,7 @@ async fn post_records(
     if ingest.sender.is_closed() {
         return Ok(shutting_down());
     }
-    let mut reader = match reader_for(&request) {
+    let mut reader = match reader_for(&request, &ingest.redactor) {
         Ok(reader) => reader,
         Err(error) => {
             return Ok(HttpResponse::BadRequest().json(serde_json::json!({ "error": error })));
@@ -217,8 +213,8 @@ async fn get_metrics() -> HttpResponse {
         .body(crate::metrics::render())
 }
 
-async fn get_healthz(ingest: web::Data<HttpIngest>) -> HttpResponse {
-    if ingest.sender.is_closed() {
+async fn get_healthz(ingest: Option<web::Data<HttpIngest>>) -> HttpResponse {
+    if ingest.is_some_and(|i| i.sender.is_closed()) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "shutting down"}))
     } else {
         HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
@@ -228,7 +224,7 @@ async fn get_healthz(ingest: web::Data<HttpIngest>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::test;
+    use actix_web::{App, test};
     use std::sync::{Arc, Mutex};
 
     /// `POST /records` with a body (and headers); gives the status and the reply's body.
@@ -275,7 +271,10 @@ mod tests {
                 }
             }
         });
-        (web::Data::new(HttpIngest::new(tx, limit)), seen)
+        (
+            web::Data::new(HttpIngest::new(tx, limit, Redactor::default())),
+            seen,
+        )
     }
 
     fn drain(seen: &Seen) -> Vec<Ingested> {
@@ -439,7 +438,7 @@ mod tests {
     async fn a_closed_channel_answers_503() {
         let (tx, rx) = mpsc::channel(1);
         drop(rx);
-        let data = web::Data::new(HttpIngest::new(tx, DEFAULT_BODY_LIMIT));
+        let data = web::Data::new(HttpIngest::new(tx, DEFAULT_BODY_LIMIT, Redactor::default()));
         let app = test::init_service(App::new().configure(configure(data))).await;
         let (status, body) = post!(&app, r#"{"type":"ENDED","contactId":"x"}"#);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -464,41 +463,5 @@ mod tests {
         let res =
             test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
         assert_eq!(res.status(), StatusCode::OK);
-    }
-
-    #[actix_web::test]
-    async fn serve_answers_over_tcp_and_stops_gracefully() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let (tx, mut rx) = mpsc::channel(8);
-        let server = serve(("127.0.0.1", port), tx, DEFAULT_BODY_LIMIT).unwrap();
-        let handle = server.handle();
-        let running = actix_rt::spawn(server);
-        let feed = actix_rt::spawn(async move {
-            let Some(Ingested::Record(r)) = rx.recv().await else {
-                panic!("no record");
-            };
-            r.ack.unwrap().settle(Fate::Appended);
-            r.source_id
-        });
-        let body = r#"{"type":"STARTED","contactId":"tcp-1"}"#;
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let request = format!(
-            "POST /records HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        assert_eq!(feed.await.unwrap(), "started");
-        handle.stop(true).await;
-        running.await.unwrap().unwrap();
     }
 }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::contact_lens;
+use crate::redaction::Counts;
 
 /// Longest record accepted, in bytes; a longer one is refused, not truncated.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
@@ -67,6 +68,9 @@ pub struct Segment {
     pub begin_offset_millis: Option<u64>,
     /// Offset of the end in the call, ms.
     pub end_offset_millis: Option<u64>,
+    /// How many values of each kind the redactor replaced in `transcript` (none until the
+    /// reader redacts it).
+    pub redactions: Counts,
 }
 
 /// Why a record was refused.
@@ -202,6 +206,7 @@ fn from_json(value: Value) -> Result<Record, RecordError> {
             is_partial: raw.is_partial,
             begin_offset_millis: raw.begin_offset_millis,
             end_offset_millis: raw.end_offset_millis,
+            redactions: Counts::new(),
         })),
         _ => Err(RecordError::UnknownType(kind)),
     }

@@ -210,8 +210,46 @@ pub struct ContactFilter {
     pub until: Option<DateTime<Utc>>,
     /// Last smoothed sentiment.
     pub sentiment: Option<Label>,
+    /// Only open (true) or ended (false) contacts.
+    pub open: Option<bool>,
+    /// Only contact ids containing this text.
+    pub contact_contains: Option<String>,
+    /// Only rows after this one in the order rows are returned (the next page).
+    pub after: Option<ContactCursor>,
     /// Most rows returned (none = all).
     pub limit: Option<usize>,
+}
+
+/// A place in the order of [`ProjectionStore::contacts`]: a row's start and contact id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactCursor {
+    /// The row's start (none: not started, which sorts last).
+    pub started_at: Option<DateTime<Utc>>,
+    /// The row's contact.
+    pub contact_id: String,
+}
+
+impl ContactCursor {
+    /// The place of `row`.
+    pub fn of(row: &ContactRow) -> Self {
+        Self {
+            started_at: row.started_at,
+            contact_id: row.contact_id.clone(),
+        }
+    }
+
+    /// Whether `row` comes after this place.
+    pub fn precedes(&self, row: &ContactRow) -> bool {
+        (
+            row.started_at.is_none(),
+            row.started_at,
+            row.contact_id.as_str(),
+        ) > (
+            self.started_at.is_none(),
+            self.started_at,
+            self.contact_id.as_str(),
+        )
+    }
 }
 
 impl ContactFilter {
@@ -225,6 +263,12 @@ impl ContactFilter {
             && self
                 .until
                 .is_none_or(|t| row.started_at.is_some_and(|s| s < t))
+            && self.open.is_none_or(|open| row.ended_at.is_none() == open)
+            && self
+                .contact_contains
+                .as_deref()
+                .is_none_or(|text| row.contact_id.contains(text))
+            && self.after.as_ref().is_none_or(|after| after.precedes(row))
     }
 }
 

@@ -175,6 +175,7 @@ mod tests {
             text: "hello".into(),
             begin_offset_millis: None,
             end_offset_millis: None,
+            redactions: Default::default(),
         });
         let escalation = Event::EscalationRaised(EscalationRaised {
             rule: "r".into(),

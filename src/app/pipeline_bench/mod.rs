@@ -38,6 +38,7 @@ use crate::app::bench::peak_rss_mib;
 use crate::app::{self, DataDir};
 use crate::config::{Backend, Config};
 use crate::ingest::source::{RejectLog, read_jsonl};
+use crate::redaction::Redactor;
 
 /// Bytes the in-memory source stream buffers between the generator and the reader.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -247,7 +248,7 @@ pub async fn pipeline(
         &mut sent,
         &pipeline.router,
     );
-    let reading = async move { read_jsonl(reader, "bench", &tx).await };
+    let reading = async move { read_jsonl(reader, "bench", Redactor::default(), &tx).await };
     let feeding = async {
         let stats = feed(pipeline.router.clone(), rx, &rejects, max_in_flight).await;
         (stats, start.elapsed())

@@ -32,6 +32,7 @@ use crate::actors::router::{ContactRouter, Release};
 use crate::aws::{sdk_config, sdk_error};
 use crate::metrics::metrics;
 use crate::models::CancellationToken;
+use crate::redaction::Redactor;
 use leases::{Lease, LeasePlanner, LeaseTable, ShardInfo};
 
 /// How a shard reader ended.
@@ -100,6 +101,7 @@ pub struct KinesisSource {
     leases: LeaseTable,
     config: KinesisConfig,
     me: String,
+    redactor: Redactor,
 }
 
 impl KinesisSource {
@@ -139,7 +141,14 @@ impl KinesisSource {
             leases: LeaseTable::new(dynamo, &config.lease_table, &config.stream),
             config: config.clone(),
             me,
+            redactor: Redactor::default(),
         })
+    }
+
+    /// The source redacting transcripts with `redactor` (default: every kind of
+    /// [`crate::redaction::PiiKind`]).
+    pub fn redacting(self, redactor: Redactor) -> Self {
+        Self { redactor, ..self }
     }
 
     /// This worker's name in the lease table.

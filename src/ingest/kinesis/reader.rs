@@ -138,10 +138,10 @@ impl KinesisSource {
             feeding.max_in_flight,
         );
         let token = lease.token.clone().expect("a held lease has a token");
-        let mut reader = LineReader::new(&format!(
-            "kinesis:{}/{}",
-            self.config.stream, lease.shard_id
-        ));
+        let mut reader = LineReader::new(
+            &format!("kinesis:{}/{}", self.config.stream, lease.shard_id),
+            self.redactor.clone(),
+        );
         let mut checkpoint = lease.checkpoint.clone();
         let mut stats = FeedStats::default();
         let mut failures = 0;

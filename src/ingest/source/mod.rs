@@ -19,6 +19,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Fram
 use super::record::{MAX_RECORD_BYTES, Record, RecordError, Segment, parse_line};
 use crate::events::envelope::digest_hex;
 use crate::metrics::metrics;
+use crate::redaction::Redactor;
 
 /// How much of a refused line [`Rejected::raw`] keeps, in bytes.
 pub const RAW_BYTES: usize = 1024;
@@ -192,6 +193,8 @@ pub(super) struct LineReader {
     /// While reading one positioned unit (a Kinesis record, an HTTP body with an
     /// `Idempotency-Key`): the key's prefix and the id-less segments numbered so far.
     anchor: Option<(String, u64)>,
+    /// Replaces personal data in transcripts and rejected lines before they go anywhere.
+    redactor: Redactor,
 }
 
 /// What the content key of an id-less segment is made from: 16 hex digits of the SHA-256 of
@@ -215,8 +218,9 @@ fn content_digest(segment: &Segment) -> String {
 }
 
 impl LineReader {
-    /// A reader of `source`; its metric label is `stdin`, `http`, or `file` for anything else.
-    pub(super) fn new(source: &str) -> Self {
+    /// A reader of `source` redacting with `redactor`; its metric label is `stdin`, `http`,
+    /// `kinesis`, or `file` for anything else.
+    pub(super) fn new(source: &str, redactor: Redactor) -> Self {
         let label = match source {
             "stdin" => "stdin",
             "http" => "http",
@@ -228,16 +232,17 @@ impl LineReader {
             label,
             minimal: HashMap::new(),
             anchor: None,
+            redactor,
         }
     }
 
     /// A reader whose id-less segments are numbered after `prefix` (`<prefix>-1`, ...)
     /// instead of keyed by content: for input that names itself, such as an HTTP body sent
     /// with an `Idempotency-Key`.
-    pub(super) fn anchored(source: &str, prefix: String) -> Self {
+    pub(super) fn anchored(source: &str, prefix: String, redactor: Redactor) -> Self {
         Self {
             anchor: Some((prefix, 0)),
-            ..Self::new(source)
+            ..Self::new(source, redactor)
         }
     }
 
@@ -310,13 +315,19 @@ impl LineReader {
             Err(e) => {
                 stats.rejected += 1;
                 metrics().records_rejected.inc();
+                let raw = String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_BYTES)]);
                 vec![Ingested::Rejected(Rejected {
                     position,
-                    reason: e.to_string(),
-                    raw: String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_BYTES)]).into(),
+                    reason: self.redact(&e.to_string()),
+                    raw: self.redact(&raw),
                 })]
             }
         }
+    }
+
+    /// `text` with personal data replaced (a rejected line's reason and raw text).
+    fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text).text
     }
 
     fn incoming(
@@ -331,30 +342,39 @@ impl LineReader {
                 metrics().partials_skipped.inc();
                 return None;
             }
-            Record::Segment(s) => match &s.segment_id {
-                Some(id) => format!("seg:{id}"),
-                None => {
-                    let id = match &mut self.anchor {
-                        Some((prefix, n)) => {
-                            *n += 1;
-                            format!("{prefix}-{n}")
-                        }
-                        None => {
-                            let digest = content_digest(s);
-                            let n = self
-                                .minimal
-                                .entry(s.contact_id.clone())
-                                .or_default()
-                                .entry(digest.clone())
-                                .or_default();
-                            *n += 1;
-                            format!("m-{digest}-{n}")
-                        }
-                    };
-                    s.segment_id = Some(id.clone());
-                    id
+            Record::Segment(s) => {
+                s.redactions = self.redactor.redact_in_place(&mut s.transcript);
+                for (kind, n) in &s.redactions {
+                    metrics()
+                        .pii_redacted
+                        .with_label_values(&[kind.as_str()])
+                        .inc_by(u64::from(*n));
                 }
-            },
+                match &s.segment_id {
+                    Some(id) => format!("seg:{id}"),
+                    None => {
+                        let id = match &mut self.anchor {
+                            Some((prefix, n)) => {
+                                *n += 1;
+                                format!("{prefix}-{n}")
+                            }
+                            None => {
+                                let digest = content_digest(s);
+                                let n = self
+                                    .minimal
+                                    .entry(s.contact_id.clone())
+                                    .or_default()
+                                    .entry(digest.clone())
+                                    .or_default();
+                                *n += 1;
+                                format!("m-{digest}-{n}")
+                            }
+                        };
+                        s.segment_id = Some(id.clone());
+                        id
+                    }
+                }
+            }
             Record::Started { .. } => "started".into(),
             Record::Ended { contact_id, .. } => {
                 self.minimal.remove(contact_id.as_str());
@@ -375,15 +395,16 @@ impl LineReader {
 /// Reads JSON Lines from `reader` (named `source` in positions) into `out`, in order,
 /// waiting whenever `out` is full. Blank lines are skipped; bad lines, lines over
 /// [`MAX_RECORD_BYTES`] and invalid UTF-8 are sent as [`Ingested::Rejected`] and reading goes
-/// on. Ends at end of input, or early and cleanly when the receiver is gone; fails only on
-/// an I/O error of `reader`.
+/// on. Transcripts and rejected lines are redacted by `redactor`. Ends at end of input, or
+/// early and cleanly when the receiver is gone; fails only on an I/O error of `reader`.
 pub async fn read_jsonl<R: AsyncRead + Unpin>(
     reader: R,
     source: &str,
+    redactor: Redactor,
     out: &Sender<Ingested>,
 ) -> io::Result<ReadStats> {
     let mut lines = FramedRead::new(reader, LineCodec::default());
-    let mut reader = LineReader::new(source);
+    let mut reader = LineReader::new(source, redactor);
     let mut stats = ReadStats::default();
     let mut number = 0;
     while let Some(line) = lines.next().await {

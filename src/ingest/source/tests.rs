@@ -1,4 +1,5 @@
 use super::*;
+use crate::redaction::Redactor;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -9,7 +10,7 @@ fn a_kinesis_record_gets_stable_ids_and_positions() {
         "\nnot json\n",
         r#"{"type":"SEGMENT","contactId":"k","participant":"AGENT","transcript":"two","isPartial":false}"#,
     );
-    let mut reader = LineReader::new("kinesis:calls/shardId-1");
+    let mut reader = LineReader::new("kinesis:calls/shardId-1", Redactor::default());
     let mut stats = ReadStats::default();
     let read = |reader: &mut LineReader, stats: &mut ReadStats| {
         reader.ingest_record("4960", data.as_bytes(), stats)
@@ -41,7 +42,10 @@ async fn read_in_pieces(input: &[u8], piece: usize) -> (Vec<Ingested>, ReadStats
     let (mut writer, reader) = tokio::io::duplex(piece);
     let input = input.to_vec();
     tokio::spawn(async move { writer.write_all(&input).await });
-    let reading = tokio::spawn(async move { read_jsonl(reader, "calls.jsonl", &tx).await });
+    let reading =
+        tokio::spawn(
+            async move { read_jsonl(reader, "calls.jsonl", Redactor::default(), &tx).await },
+        );
     let mut items = Vec::new();
     while let Some(item) = rx.recv().await {
         items.push(item);
@@ -122,6 +126,7 @@ fn key(contact: &str, text: &str, n: u64) -> String {
         is_partial: false,
         begin_offset_millis: None,
         end_offset_millis: None,
+        redactions: Default::default(),
     };
     content_key(&segment, n)
 }
@@ -136,6 +141,7 @@ fn content_keys_differ_by_contact_speaker_text_offsets_and_occurrence() {
         is_partial: false,
         begin_offset_millis: Some(10),
         end_offset_millis: Some(20),
+        redactions: Default::default(),
     };
     let variants = [
         Segment {
@@ -259,7 +265,7 @@ async fn an_oversize_last_line_without_newline_is_rejected_and_reading_ends() {
 async fn a_closed_receiver_ends_reading_cleanly() {
     let (tx, rx) = mpsc::channel(1);
     drop(rx);
-    let stats = read_jsonl(&mixed_stream()[..], "calls.jsonl", &tx)
+    let stats = read_jsonl(&mixed_stream()[..], "calls.jsonl", Redactor::default(), &tx)
         .await
         .unwrap();
     assert_eq!(stats.records, 1, "stops at the first send");

@@ -212,6 +212,7 @@ fn utterance(text: &str) -> Event {
         text: text.into(),
         begin_offset_millis: None,
         end_offset_millis: None,
+        redactions: Default::default(),
     })
 }
 

@@ -122,6 +122,45 @@ pub(super) async fn projection_rows_round_trip_and_filter(backend: &dyn Backend)
     assert_eq!(ids(window).await, ["b"]);
     assert_eq!(
         ids(ContactFilter {
+            open: Some(true),
+            ..filter()
+        })
+        .await,
+        ["e"]
+    );
+    assert_eq!(
+        ids(ContactFilter {
+            open: Some(false),
+            contact_contains: Some("c".into()),
+            ..filter()
+        })
+        .await,
+        ["c"]
+    );
+    // Pages of two, each after the last row of the one before, ties on the start by id,
+    // the contact not started last.
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .contacts(&ContactFilter {
+                after: after.clone(),
+                limit: Some(2),
+                ..filter()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(ContactCursor::of(last));
+        pages.push(
+            page.iter()
+                .map(|r| r.contact_id.clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(pages, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+    assert_eq!(
+        ids(ContactFilter {
             limit: Some(0),
             ..filter()
         })

@@ -44,6 +44,7 @@ fn utterances(
         text: "x".repeat(len),
         begin_offset_millis: None,
         end_offset_millis: None,
+        redactions: Default::default(),
     });
     (0..n)
         .map(|_| head.seal(contact, source, &body, at))
@@ -396,6 +397,7 @@ async fn audit_queries_across_days_match_the_memory_store() {
                             until,
                             sentiment,
                             limit,
+                            ..ContactFilter::default()
                         };
                         assert_eq!(
                             dynamo.contacts(&filter).await.unwrap(),

@@ -33,8 +33,8 @@ use schema::{UNFINISHED, contact_from_row, create_schema, event_from_row, get_ui
 use writer::{Request, Writer};
 
 use super::{
-    Appended, ContactFilter, ContactRow, EventStore, Positioned, ProjectionStore, SeqRange,
-    StoreError, check_batch,
+    Appended, ContactCursor, ContactFilter, ContactRow, EventStore, Positioned, ProjectionStore,
+    SeqRange, StoreError, check_batch,
 };
 use crate::events::StoredEvent;
 
@@ -464,6 +464,39 @@ impl ProjectionStore for SqliteProjectionStore {
         if let Some(until) = filter.until {
             conditions.push("started_at < ?");
             values.push(Value::Text(time_text(until, SecondsFormat::Nanos)));
+        }
+        if let Some(open) = filter.open {
+            conditions.push(if open {
+                "ended_at IS NULL"
+            } else {
+                "ended_at IS NOT NULL"
+            });
+        }
+        if let Some(text) = &filter.contact_contains {
+            conditions.push("instr(contact_id, ?) > 0");
+            values.push(Value::Text(text.clone()));
+        }
+        match &filter.after {
+            Some(ContactCursor {
+                started_at: Some(started),
+                contact_id,
+            }) => {
+                conditions.push(
+                    "(started_at IS NULL OR started_at > ? OR (started_at = ? AND contact_id > ?))",
+                );
+                let started = time_text(*started, SecondsFormat::Nanos);
+                values.push(Value::Text(started.clone()));
+                values.push(Value::Text(started));
+                values.push(Value::Text(contact_id.clone()));
+            }
+            Some(ContactCursor {
+                started_at: None,
+                contact_id,
+            }) => {
+                conditions.push("(started_at IS NULL AND contact_id > ?)");
+                values.push(Value::Text(contact_id.clone()));
+            }
+            None => {}
         }
         let mut sql = concat!("SELECT ", contact_columns!(), " FROM contacts").to_string();
         if !conditions.is_empty() {
