@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use callpulse::api::auth::Role;
+use callpulse::app::api_bench::ApiBenchOptions;
 use callpulse::app::faults::FaultOptions;
 use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
 use callpulse::app::query::Format;
@@ -342,6 +343,22 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The HTTP API over synthetic contacts (SQLite in a temporary directory): latency of
+    /// contact pages and timelines, and the live feed's fan-out to many pages.
+    Api {
+        /// Contacts in the read model.
+        #[arg(long, default_value_t = 100_000)]
+        contacts: usize,
+        /// Requests timed per route.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// Live-feed connections.
+        #[arg(long, default_value_t = 100)]
+        pages: usize,
+        /// Events appended while they follow.
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+    },
     /// The whole pipeline under synthetic calls (SQLite log in a temporary directory):
     /// records/s, utterance-to-sentiment and utterance-to-attribute-update p50/p99, memory
     /// per open contact, replay events/s.
@@ -542,6 +559,23 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
                 seed,
             };
             commands::bench_faults(&options).await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Api {
+                    contacts,
+                    requests,
+                    pages,
+                    events,
+                },
+        } => {
+            let options = ApiBenchOptions {
+                contacts,
+                requests,
+                pages,
+                events,
+            };
+            commands::bench_api(options).await
         }
         Command::Bench {
             what: BenchWhat::Fleet(options),

@@ -269,7 +269,7 @@ fn time_param(name: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>,
 }
 
 /// A cursor as the API hands it out: hex of `<start, RFC 3339 or empty>|<contact id>`.
-fn encode_cursor(cursor: &ContactCursor) -> String {
+pub fn encode_cursor(cursor: &ContactCursor) -> String {
     let started = cursor
         .started_at
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))

@@ -135,6 +135,16 @@ pub async fn model(
     })
 }
 
+/// How this binary was built: `release`, or `dev` (debug assertions on; the dev profile
+/// optimises only the dependencies unless `CARGO_PROFILE_DEV_OPT_LEVEL` says otherwise).
+pub fn build_kind() -> &'static str {
+    if cfg!(debug_assertions) {
+        "dev"
+    } else {
+        "release"
+    }
+}
+
 /// Peak resident set size of this process (VmHWM), MiB; 0 where /proc is unavailable.
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

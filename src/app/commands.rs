@@ -71,6 +71,13 @@ pub async fn serve(config: &Config, data_dir: &Path, listen: SocketAddr) -> anyh
     Ok(())
 }
 
+/// `bench api`: the API's latency and the live feed's fan-out, as one JSON object.
+pub async fn bench_api(options: super::api_bench::ApiBenchOptions) -> anyhow::Result<()> {
+    let report = super::api_bench::run(options).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 /// `api token`: a new random token for `name` with `roles`, printed once with the config
 /// lines that hold its hash.
 pub fn api_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! What the commands share: the data directory, and building a pipeline's parts (stores,
 //! models, sinks) from config.
 
+pub mod api_bench;
 pub mod bench;
 pub mod commands;
 pub mod demo;

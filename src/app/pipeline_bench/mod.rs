@@ -34,7 +34,7 @@ use crate::actors::Pipeline;
 use crate::actors::feed::feed;
 use crate::actors::gateway::ModelLimits;
 use crate::actors::router::{ContactRouter, GetActivity};
-use crate::app::bench::peak_rss_mib;
+use crate::app::bench::{build_kind, peak_rss_mib};
 use crate::app::{self, DataDir};
 use crate::config::{Backend, Config};
 use crate::ingest::source::{RejectLog, read_jsonl};
@@ -248,7 +248,8 @@ pub async fn pipeline(
         &mut sent,
         &pipeline.router,
     );
-    let reading = async move { read_jsonl(reader, "bench", Redactor::default(), &tx).await };
+    let redactor = Redactor::new(&config.redaction);
+    let reading = async move { read_jsonl(reader, "bench", redactor, &tx).await };
     let feeding = async {
         let stats = feed(pipeline.router.clone(), rx, &rejects, max_in_flight).await;
         (stats, start.elapsed())
@@ -277,11 +278,7 @@ pub async fn pipeline(
             escalates_at_utterance: shape.escalating() + 1,
             pace_ms: options.pace_ms,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            build: if cfg!(debug_assertions) {
-                "dev"
-            } else {
-                "release"
-            },
+            build: build_kind(),
             overrides,
         },
         throughput: Throughput {

@@ -481,12 +481,9 @@ impl ProjectionStore for SqliteProjectionStore {
                 started_at: Some(started),
                 contact_id,
             }) => {
-                conditions.push(
-                    "(started_at IS NULL OR started_at > ? OR (started_at = ? AND contact_id > ?))",
-                );
-                let started = time_text(*started, SecondsFormat::Nanos);
-                values.push(Value::Text(started.clone()));
-                values.push(Value::Text(started));
+                // A row value in the order's own terms, so the index is searched, not scanned.
+                conditions.push("(started_at IS NULL, started_at, contact_id) > (0, ?, ?)");
+                values.push(Value::Text(time_text(*started, SecondsFormat::Nanos)));
                 values.push(Value::Text(contact_id.clone()));
             }
             Some(ContactCursor {

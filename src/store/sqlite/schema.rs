@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS contacts (
     last_seq        INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contacts_by_start ON contacts (started_at);
+-- The order contacts are listed and paged in (not started last), so a page reads no more
+-- rows than it returns.
+CREATE INDEX IF NOT EXISTS contacts_in_order ON contacts (started_at IS NULL, started_at, contact_id);
 CREATE INDEX IF NOT EXISTS contacts_by_escalated ON contacts (escalated, started_at);
 CREATE INDEX IF NOT EXISTS contacts_by_sentiment ON contacts (sentiment, started_at);
 CREATE TABLE IF NOT EXISTS projection_checkpoint (
