@@ -159,7 +159,7 @@ impl Redactor {
         claim(patterns::ibans(text));
         claim(patterns::national_insurance(text, &tokens));
         claim(numbers::digit_runs(text, &tokens));
-        claim(patterns::addresses(text));
+        claim(patterns::addresses(text, &tokens));
         found.sort_by_key(|f| f.range.start);
         found
     }

@@ -64,10 +64,11 @@ const TLDS: &[&str] = &[
 
 /// Words that end the local part of a spoken address when reading back from "at".
 const NOT_LOCAL: &[&str] = &[
-    "is", "it's", "its", "was", "email", "e", "mail", "address", "me", "my", "at", "on", "to",
-    "use", "try", "the", "it", "that", "be", "should", "would", "and", "or", "please", "send",
-    "sent", "yes", "yeah", "so", "um", "uh", "file", "have", "we", "i", "you", "your", "us",
-    "just", "okay", "ok", "now", "new", "old", "account", "under", "of", "as", "from",
+    "is", "it's", "its", "that's", "here's", "was", "email", "e", "mail", "address", "me", "my",
+    "at", "on", "to", "use", "try", "the", "it", "that", "be", "should", "would", "and", "or",
+    "please", "send", "sent", "yes", "yeah", "so", "um", "uh", "file", "have", "we", "i", "you",
+    "your", "us", "just", "okay", "ok", "now", "new", "old", "account", "under", "of", "as",
+    "from",
 ];
 
 /// Words that join the parts of a spoken address.
@@ -145,13 +146,27 @@ fn spoken_local(tokens: &[Token], at: usize) -> Option<usize> {
     let mut start: Option<usize> = None;
     let mut i = at;
     let mut words = 0;
+    let letter = |t: &Token| t.is_word && t.lower.chars().count() == 1;
     while i > 0 && words < 8 {
         let t = &tokens[i - 1];
-        // A letter spelled out beside other letters ("r o s s i e") is part of it, even
-        // one that is also a word ("i").
-        let letter = |t: &Token| t.is_word && t.lower.chars().count() == 1;
-        let spelled = letter(t)
-            && (start.is_some_and(|s| letter(&tokens[s])) || (i >= 2 && letter(&tokens[i - 2])));
+        // A letter spelled with a word for it ("g for golf"), as one.
+        if i >= 3 && t.is_word && tokens[i - 2].lower == "for" && letter(&tokens[i - 3]) {
+            words += 1;
+            start = Some(i - 3);
+            i -= 3;
+            continue;
+        }
+        // Letters spelled out one by one, with commas or not ("r o s s i e", "o, r, d").
+        let spelled_before = start.is_some_and(|s| letter(&tokens[s]));
+        let letter_ends_at = |j: usize| {
+            letter(&tokens[j]) || (j >= 2 && tokens[j - 1].lower == "for" && letter(&tokens[j - 2]))
+        };
+        if t.is(',') && spelled_before && i >= 2 && letter_ends_at(i - 2) {
+            i -= 1;
+            continue;
+        }
+        // A letter beside other letters is part of them, even one that is also a word ("i").
+        let spelled = letter(t) && (spelled_before || (i >= 2 && letter(&tokens[i - 2])));
         if plain_word(t) || spelled {
             words += 1;
             start = Some(i - 1);
@@ -293,9 +308,72 @@ const NOT_STREET_NAME: &[&str] = &[
     "months", "years", "items", "times", "more", "than", "about", "just", "only",
 ];
 
-/// Street addresses (house number, name, street word) and postcodes (UK, or a US ZIP after
-/// a state or "zip code").
-pub(super) fn addresses(text: &str) -> Vec<Found> {
+/// What a postcode said after "postcode" (or "post code", "zip code") is made of: single
+/// letters, spoken digits and numbers, and short written groups holding a digit.
+fn postcode_part(t: &Token) -> bool {
+    const NUMBERS: &[&str] = &[
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+        "thirty",
+        "forty",
+        "fifty",
+        "sixty",
+        "seventy",
+        "eighty",
+        "ninety",
+        "double",
+        "triple",
+    ];
+    t.is_word
+        && (t.lower.chars().count() == 1
+            || digit_word(&t.lower).is_some()
+            || NUMBERS.contains(&t.lower.as_str())
+            || (t.lower.len() <= 4 && t.lower.bytes().any(|b| b.is_ascii_digit())))
+}
+
+/// Postcodes spoken after the word for them ("my postcode is E C one A one B B").
+fn spoken_postcodes(tokens: &[Token]) -> Vec<Found> {
+    let mut out = Vec::new();
+    for (at, token) in tokens.iter().enumerate() {
+        let named = token.lower == "postcode"
+            || (token.lower == "code"
+                && at > 0
+                && matches!(tokens[at - 1].lower.as_str(), "post" | "zip"));
+        if !named {
+            continue;
+        }
+        let mut from = at + 1;
+        while tokens
+            .get(from)
+            .is_some_and(|t| matches!(t.lower.as_str(), "is" | "it's" | "'s" | ":" | "'"))
+        {
+            from += 1;
+        }
+        let end = (from..tokens.len().min(from + 10))
+            .take_while(|&i| postcode_part(&tokens[i]))
+            .last();
+        if let Some(end) = end.filter(|&end| end > from) {
+            out.push(found(
+                PiiKind::Address,
+                tokens[from].range.start..tokens[end].range.end,
+            ));
+        }
+    }
+    out
+}
+
+/// Street addresses (house number, name, street word) and postcodes (UK, written or spoken
+/// after "postcode", or a US ZIP after a state or "zip code").
+pub(super) fn addresses(text: &str, tokens: &[Token]) -> Vec<Found> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(caps) = STREET.captures_at(text, from) {
@@ -324,5 +402,6 @@ pub(super) fn addresses(text: &str) -> Vec<Found> {
             .chain(groups)
             .map(|m| found(PiiKind::Address, m.range())),
     );
+    out.extend(spoken_postcodes(tokens));
     out
 }

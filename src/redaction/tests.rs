@@ -199,3 +199,20 @@ fn spoken_addresses_with_spelled_letters_or_several_words_in_the_domain() {
         "send it to [ADDRESS]"
     );
 }
+
+#[test]
+fn postcodes_said_after_their_name_and_addresses_spelled_with_words_for_letters() {
+    assert_eq!(
+        redact("the postcode is E C one A one B B"),
+        "the postcode is [ADDRESS]"
+    );
+    assert_eq!(
+        redact("my postcode is B thirty three eight T H"),
+        "my postcode is [ADDRESS]"
+    );
+    assert_eq!(kinds("the postcode is wrong on the letter"), vec![]);
+    assert_eq!(
+        redact("so that's g for golf, o, r, d, o, n at gmail dot com"),
+        "so that's [EMAIL]"
+    );
+}

@@ -39,7 +39,7 @@ use super::{
 use crate::events::StoredEvent;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Most requests (append batches, projection saves) committed in one transaction.
 pub const MAX_GROUP: usize = 512;

@@ -31,7 +31,7 @@ fn a_file_of_schema_1_gains_what_it_lacks() {
     let conn = connect(&path).unwrap();
     create_schema(&conn).unwrap();
     conn.execute_batch(
-        "DROP INDEX contacts_unfinished; DROP INDEX events_ended; \
+        "DROP INDEX contacts_unfinished; DROP INDEX events_ended; DROP INDEX contacts_in_order; \
              DROP TABLE sources_forgotten; PRAGMA user_version = 1;",
     )
     .unwrap();
@@ -41,12 +41,12 @@ fn a_file_of_schema_1_gains_what_it_lacks() {
     let found: i64 = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name IN \
-                 ('contacts_unfinished', 'events_ended', 'sources_forgotten')",
+                 ('contacts_unfinished', 'events_ended', 'contacts_in_order', 'sources_forgotten')",
             [],
             |row| row.get(0),
         )
         .unwrap();
-    assert_eq!(found, 3);
+    assert_eq!(found, 4);
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
