@@ -72,6 +72,21 @@ async fn api(addr: &str, path: &str) -> Value {
     serde_json::from_str(&response.text().await.unwrap()).unwrap()
 }
 
+/// What `check` gives once it gives something, asking every 100 ms for at most 60 s.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every file under `dir`, read whole.
 fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -106,15 +121,11 @@ async fn no_card_number_email_or_phone_of_a_call_reaches_the_log_summaries_logs_
     .unwrap();
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let summaries = loop {
+    let summaries = eventually("no summary", || async {
         let summaries = api(&addr, "/api/contacts/card-payment/summaries").await;
-        if !summaries["summaries"].as_array().unwrap().is_empty() {
-            break summaries;
-        }
-        assert!(Instant::now() < deadline, "no summary");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (!summaries["summaries"].as_array().unwrap().is_empty()).then_some(summaries)
+    })
+    .await;
     let timeline = api(&addr, "/api/contacts/card-payment").await;
     let contacts = api(&addr, "/api/contacts").await;
     let card = timeline["events"]
@@ -229,15 +240,11 @@ async fn the_dashboard_shows_a_streamed_call_its_sentiment_moving_and_its_escala
         .click()
         .await
         .unwrap();
-    let deadline = Instant::now() + wait;
-    loop {
+    eventually("the page never went live", || async {
         let status = browser.find(Locator::Css("#status")).await.unwrap();
-        if status.text().await.unwrap() == "live" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the page never went live");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (status.text().await.unwrap() == "live").then_some(())
+    })
+    .await;
 
     ingest(
         &addr,
@@ -260,14 +267,11 @@ async fn the_dashboard_shows_a_streamed_call_its_sentiment_moving_and_its_escala
         let points = line.attr("points").await.ok()??;
         Some(points.split_whitespace().count())
     };
-    let deadline = Instant::now() + wait;
-    while points(browser.clone()).await.unwrap_or(0) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the call never appeared with a point"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the call never appeared with a point", || {
+        let browser = browser.clone();
+        async move { points(browser).await.filter(|&n| n >= 1) }
+    })
+    .await;
 
     ingest(
         &addr,
@@ -299,11 +303,11 @@ async fn the_dashboard_shows_a_streamed_call_its_sentiment_moving_and_its_escala
         "escalation visible {} ms after its records were acknowledged",
         sent.elapsed().as_millis()
     );
-    let deadline = Instant::now() + wait;
-    while points(browser.clone()).await.unwrap_or(0) < 3 {
-        assert!(Instant::now() < deadline, "the sentiment line did not move");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the sentiment line did not move", || {
+        let browser = browser.clone();
+        async move { points(browser).await.filter(|&n| n >= 3) }
+    })
+    .await;
     let badge = browser
         .find(Locator::Css(&format!("{row} .badge")))
         .await

@@ -45,14 +45,6 @@ impl Role {
             Role::Ingest => "ingest",
         }
     }
-
-    fn parse(text: &str) -> Option<Self> {
-        match text {
-            "read" => Some(Role::Read),
-            "ingest" => Some(Role::Ingest),
-            _ => None,
-        }
-    }
 }
 
 /// One `[[api.tokens]]` entry.
@@ -98,17 +90,13 @@ impl Default for ApiConfig {
 
 /// The SHA-256 of `token`, as lower-case hex.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A new random token (`cp_` and 64 hex digits).
 pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cp_{hex}")
+    format!("cp_{}", hex::encode(bytes))
 }
 
 struct Known {
@@ -123,15 +111,9 @@ pub struct Auth {
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -172,7 +154,7 @@ impl Auth {
             let roles = roles
                 .split('+')
                 .map(|r| {
-                    Role::parse(r.trim()).ok_or_else(|| {
+                    <Role as clap::ValueEnum>::from_str(r.trim(), false).map_err(|_| {
                         anyhow::anyhow!(
                             "{TOKENS_ENV} entry {}: unknown role {r:?} (read, ingest)",
                             i + 1

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::{Api, ApiError};
 use crate::app::query::event_json;
 use crate::metrics::metrics;
-use crate::store::{ContactFilter, EventStore, Positioned, ProjectionStore, SeqRange};
+use crate::store::{ContactFilter, EventStore, Positioned, ProjectionStore, SeqRange, StoreError};
 
 /// The kinds of event the feed carries.
 pub const KINDS: [&str; 8] = [
@@ -145,9 +145,7 @@ async fn poll(
             None => match projections.checkpoint().await {
                 Ok(p) => p,
                 Err(e) => {
-                    metrics().live_poll_errors.inc();
-                    tracing::warn!(error = %e, "live feed: reading the checkpoint failed");
-                    tokio::time::sleep(every).await;
+                    read_failed("the checkpoint", &e, every).await;
                     continue;
                 }
             },
@@ -158,17 +156,16 @@ async fn poll(
         {
             Ok(page) => page,
             Err(e) => {
-                metrics().live_poll_errors.inc();
-                tracing::warn!(error = %e, "live feed: reading the log failed; retrying");
-                tokio::time::sleep(every).await;
+                read_failed("the log", &e, every).await;
                 continue;
             }
         };
         let mut newest = from;
         let mut fresh = 0;
         for item in &page {
-            let key = (item.event.contact_id.clone(), item.event.seq);
-            if item.position <= from && (window == 0 || sent.contains_key(&key)) {
+            // Behind `from` only within a replay window, and then only if not sent yet.
+            let key = || (item.event.contact_id.clone(), item.event.seq);
+            if item.position <= from && (window == 0 || sent.contains_key(&key())) {
                 continue;
             }
             fresh += 1;
@@ -182,7 +179,7 @@ async fn poll(
                 }));
             }
             if window > 0 {
-                sent.insert(key, item.position);
+                sent.insert(key(), item.position);
             }
         }
         sent.retain(|_, p| *p + window >= newest);
@@ -192,6 +189,13 @@ async fn poll(
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// A failed read of the feed: counted, logged, then a pause before it is tried again.
+async fn read_failed(what: &str, error: &StoreError, pause: Duration) {
+    metrics().live_poll_errors.inc();
+    tracing::warn!(%error, "live feed: reading {what} failed; retrying");
+    tokio::time::sleep(pause).await;
 }
 
 /// The query of `GET /api/live`.
@@ -327,9 +331,7 @@ impl Connection {
             let page = match self.events.read_all(after, BATCH).await {
                 Ok(page) => page,
                 Err(e) => {
-                    metrics().live_poll_errors.inc();
-                    tracing::warn!(error = %e, "live feed: reading the log failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    read_failed("the log", &e, Duration::from_millis(500)).await;
                     continue;
                 }
             };

@@ -274,22 +274,12 @@ pub fn encode_cursor(cursor: &ContactCursor) -> String {
         .started_at
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
         .unwrap_or_default();
-    format!("{started}|{}", cursor.contact_id)
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(format!("{started}|{}", cursor.contact_id))
 }
 
 fn decode_cursor(text: &str) -> Result<ContactCursor, ApiError> {
     let bad = || ApiError::BadRequest("cursor is not one this API handed out".into());
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return Err(bad());
-    }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad())?;
+    let bytes = hex::decode(text).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (started, contact_id) = text.split_once('|').ok_or_else(bad)?;
     let started_at = match started {

