@@ -6,7 +6,7 @@
 //! Once the router has let a contact go ([`Halt`]), its actor handles nothing more, not even
 //! what is already queued in its mailbox.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -106,6 +106,12 @@ pub struct ContactActor {
     services: Arc<Services>,
     contact: Option<Contact>,
     in_flight: HashSet<InFlight>,
+    /// An append is out. actix's `ctx.wait` does not hold back a spawned future that
+    /// finishes in the same turn as a handler (actix/actix#458), so appends are kept one at
+    /// a time here: a second one would be sealed on the same head and conflict.
+    appending: bool,
+    /// Outcomes that came in while an append was out, recorded in order after it.
+    deferred: VecDeque<(Command, Vec<InFlight>)>,
     last_input: Instant,
     /// Let go by the router. The supervisor still restarts an actor whose address is held
     /// somewhere (a reply recipient, an activity poll); such a restart stays idle, without
@@ -126,6 +132,8 @@ impl ContactActor {
             services,
             contact: None,
             in_flight: HashSet::new(),
+            appending: false,
+            deferred: VecDeque::new(),
             last_input: Instant::now(),
             halt,
             counted: false,
@@ -184,6 +192,8 @@ impl ContactActor {
                 .seal_all(&self.id, source_id.as_deref(), &events, Utc::now());
         let store = self.services.store.clone();
         let to_store = stored.clone();
+        debug_assert!(!self.appending, "one append at a time");
+        self.appending = true;
         async move {
             let started = Instant::now();
             let result = store.append(&to_store).await;
@@ -194,28 +204,47 @@ impl ContactActor {
             result
         }
         .into_actor(self)
-        .map(move |result, act, ctx| match result {
+        .map(move |result, act, ctx| {
+            act.appending = false;
+            let outcome = act.appended(result, &stored, &events, done, ctx);
+            if let Some((command, done)) = act.deferred.pop_front() {
+                act.handle_outcome(command, done, ctx);
+            }
+            outcome
+        })
+    }
+
+    /// What an append's result means for the actor: applied, someone else's write, refused.
+    fn appended(
+        &mut self,
+        result: Result<Appended, StoreError>,
+        stored: &[crate::events::StoredEvent],
+        events: &[Event],
+        done: Vec<InFlight>,
+        ctx: &mut Context<Self>,
+    ) -> Result<InputOutcome, InputError> {
+        match result {
             Ok(Appended::Written { .. }) => {
                 metrics().events_appended.inc_by(stored.len() as u64);
-                let contact = act.contact.as_mut().expect("loaded");
-                for (s, e) in stored.iter().zip(&events) {
+                let contact = self.contact.as_mut().expect("loaded");
+                for (s, e) in stored.iter().zip(events) {
                     contact.apply(s, e);
                 }
                 for key in &done {
-                    act.in_flight.remove(key);
+                    self.in_flight.remove(key);
                 }
-                act.after_apply(&events, ctx);
+                self.after_apply(events, ctx);
                 Ok(InputOutcome::Appended(stored.len()))
             }
             Ok(Appended::Duplicate { last_seq, .. }) => {
-                if act.contact.as_ref().is_some_and(|c| c.head.seq < last_seq) {
+                if self.contact.as_ref().is_some_and(|c| c.head.seq < last_seq) {
                     // Someone else wrote this contact: start over from the log.
                     ctx.stop();
                 }
                 Ok(InputOutcome::Duplicate)
             }
             Err(e @ StoreError::Conflict { .. }) => {
-                tracing::warn!(contact = %act.id, error = %e, "append conflict; reloading");
+                tracing::warn!(contact = %self.id, error = %e, "append conflict; reloading");
                 ctx.stop();
                 Err(InputError(e.to_string()))
             }
@@ -223,7 +252,7 @@ impl ContactActor {
                 Ok(InputOutcome::Refused(e.to_string()))
             }
             Err(e) => Err(InputError(e.to_string())),
-        })
+        }
     }
 
     fn after_apply(&mut self, events: &[Event], ctx: &mut Context<Self>) {
@@ -386,6 +415,10 @@ impl ContactActor {
             tracing::info!(contact = %self.id, "let go before an outcome was recorded; whoever runs the contact now redoes the work");
             return;
         }
+        if self.appending {
+            self.deferred.push_back((command, done));
+            return;
+        }
         let Some(contact) = self.contact.as_ref() else {
             return;
         };
@@ -430,7 +463,10 @@ impl ContactActor {
         let Some(contact) = self.contact.as_ref().filter(|_| !self.halt.is_halted()) else {
             return;
         };
-        if contact.ended.is_some() || self.last_input.elapsed() < self.services.idle_timeout {
+        if self.appending
+            || contact.ended.is_some()
+            || self.last_input.elapsed() < self.services.idle_timeout
+        {
             return;
         }
         let command = Command::End(ContactEnded {
@@ -531,6 +567,8 @@ impl Supervised for ContactActor {
         }
         self.contact = None;
         self.in_flight.clear();
+        self.appending = false;
+        self.deferred.clear();
         // A reload follows someone else's write (another worker took the call over): the
         // call is live, and gets a whole idle period again before this actor ends it.
         self.last_input = Instant::now();
@@ -561,6 +599,13 @@ impl Handler<ContactInput> for ContactActor {
                 "contact log not loaded yet (store unavailable?)".into(),
             )))));
         };
+        if self.appending {
+            // Not reached while the mailbox waits for appends; answered like a busy store
+            // rather than sealing a second batch on the same head.
+            return AtomicResponse::new(Box::pin(fut::ready(Err(InputError(
+                "an append of this contact is still out".into(),
+            )))));
+        }
         match contact.decide(command_for(input.record), Utc::now()) {
             Ok(events) if events.is_empty() => {
                 AtomicResponse::new(Box::pin(fut::ready(Ok(InputOutcome::Duplicate))))
