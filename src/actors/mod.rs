@@ -32,7 +32,8 @@ pub struct PipelineConfig {
     pub idle_timeout_secs: u64,
     /// Records read but not yet durable, at most; a full pipeline stops reading its sources.
     pub max_in_flight: usize,
-    /// Earlier turns shown to the sentiment model with each utterance.
+    /// Earlier turns sent with each utterance to be judged (the local engine's anger check
+    /// reads up to 2; `[models.local] context_turns` says how many its sentiment reads).
     pub context_turns: usize,
     /// How often the read models catch up with the log, ms.
     pub projector_interval_ms: u64,
@@ -48,7 +49,7 @@ impl Default for PipelineConfig {
         Self {
             idle_timeout_secs: 300,
             max_in_flight: 4096,
-            context_turns: 0,
+            context_turns: 2,
             projector_interval_ms: 500,
             anchor_interval_secs: 60,
             arbiters: 0,

@@ -35,7 +35,7 @@ fn bedrock(request: &Received, _: usize) -> HttpResponse {
         converse_answer(if angry { "NEGATIVE" } else { "NEUTRAL" })
     } else {
         llama_answer(
-            " The customer called about a refund.\nResolution: The agent escalated it.\nFollow-up: The refunds team calls back.\nCustomer sentiment at end: NEGATIVE",
+            " The customer wanted a refund and the agent escalated it.\nReason: A refund.\nResolution: The agent escalated it.\nFollow-up: The refunds team calls back.\nCustomer sentiment at end: NEGATIVE",
         )
     }
 }

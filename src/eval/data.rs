@@ -49,6 +49,18 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
         .collect()
 }
 
+/// Drops the first `skip` rows of each source (those a tuning run looked at).
+pub fn skip_per_source<T>(rows: Vec<T>, skip: usize, source: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    rows.into_iter()
+        .filter(|row| {
+            let n = seen.entry(source(row).to_string()).or_default();
+            *n += 1;
+            *n > skip
+        })
+        .collect()
+}
+
 /// Keeps at most `limit` rows, taken in turn from each source (in order of first
 /// appearance, file order within a source), so a short run still covers every source.
 pub fn take_stratified<T>(
@@ -94,7 +106,11 @@ mod tests {
         let taken = take_stratified(rows.clone(), Some(4), |r| r.0);
         assert_eq!(taken, vec![("a", 1), ("b", 4), ("c", 5), ("a", 2)]);
         assert_eq!(take_stratified(rows.clone(), Some(100), |r| r.0).len(), 6);
-        assert_eq!(take_stratified(rows, None, |r| r.0).len(), 6);
+        assert_eq!(take_stratified(rows.clone(), None, |r| r.0).len(), 6);
+        assert_eq!(
+            skip_per_source(rows, 1, |r| r.0),
+            vec![("a", 2), ("a", 3), ("c", 6)]
+        );
     }
 
     #[test]

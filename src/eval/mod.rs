@@ -1,13 +1,19 @@
 //! Measuring the models and the redactor on labelled data: `callpulse eval
-//! sentiment|summary|redaction` and the training of the sentiment head.
+//! sentiment|summary|escalation|redaction` and the training of the sentiment head.
 
 pub mod data;
+pub mod escalation;
 pub mod metrics;
 pub mod redaction;
 pub mod rouge;
 pub mod train;
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Context;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -43,7 +49,8 @@ pub struct SummaryMetrics {
     pub failed: usize,
     /// Mean length of the summaries, in words.
     pub mean_words: f64,
-    /// Share of summaries naming a number or capitalised word absent from the dialogue.
+    /// Share of summaries (their text or any field) naming a number or capitalised word
+    /// absent from the dialogue.
     pub novel_entity_share: f64,
 }
 
@@ -55,6 +62,44 @@ pub struct SummaryReport {
     pub overall: SummaryMetrics,
     /// Per `source`.
     pub per_source: BTreeMap<String, SummaryMetrics>,
+}
+
+/// Where each row's output goes, as JSON Lines (`--predictions FILE`), so that others can
+/// score it; nowhere when no file was named.
+pub struct Predictions(Option<(BufWriter<File>, std::path::PathBuf)>);
+
+impl Predictions {
+    /// Writes to `path` (created or truncated), or nowhere.
+    pub fn create(path: Option<&Path>) -> anyhow::Result<Self> {
+        Ok(Self(match path {
+            Some(path) => Some((
+                BufWriter::new(
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                ),
+                path.to_path_buf(),
+            )),
+            None => None,
+        }))
+    }
+
+    /// Appends one row's output.
+    pub fn write(&mut self, row: &impl Serialize) -> anyhow::Result<()> {
+        if let Some((out, path)) = &mut self.0 {
+            serde_json::to_writer(&mut *out, row)?;
+            out.write_all(b"\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes what was written.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if let Some((mut out, path)) = self.0 {
+            out.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -74,6 +119,7 @@ pub fn progress(len: usize, what: &str) -> ProgressBar {
 pub async fn sentiment(
     model: &dyn SentimentClassifier,
     rows: &[SentimentRow],
+    predictions: &mut Predictions,
 ) -> anyhow::Result<SentimentReport> {
     let bar = progress(rows.len(), "sentiment");
     let cancel = CancellationToken::new();
@@ -84,6 +130,13 @@ pub async fn sentiment(
         let judged = model
             .classify(&Turn::new("CUSTOMER", row.text.clone()), &[], &cancel)
             .await?;
+        predictions.write(&serde_json::json!({
+            "id": row.id,
+            "source": row.source,
+            "gold": gold,
+            "label": judged.label,
+            "scores": judged.scores,
+        }))?;
         pairs
             .entry(row.source.clone())
             .or_default()
@@ -136,23 +189,50 @@ struct Scored {
 }
 
 /// Summarises every row and scores it against its references.
-pub async fn summary(model: &dyn Summariser, rows: &[SummaryRow]) -> anyhow::Result<SummaryReport> {
+pub async fn summary(
+    model: &dyn Summariser,
+    rows: &[SummaryRow],
+    predictions: &mut Predictions,
+) -> anyhow::Result<SummaryReport> {
     let bar = progress(rows.len(), "summary");
     let cancel = CancellationToken::new();
     let mut scored: BTreeMap<String, Vec<Scored>> = BTreeMap::new();
     for row in rows {
         let result = match model.summarise(&row.turns, &cancel).await {
             Ok(summary) => {
-                let text = summary.text.replace("- ", "");
-                Scored {
-                    rouge: rouge::best(&text, &row.references),
+                let lines = [
+                    &summary.text,
+                    &summary.reason,
+                    &summary.resolution,
+                    &summary.follow_up,
+                ];
+                let scored = Scored {
+                    rouge: rouge::best(&summary.text, &row.references),
                     failed: false,
-                    words: text.split_whitespace().count(),
-                    novel: names_novel_entity(&text, &row.turns),
-                }
+                    words: summary.text.split_whitespace().count(),
+                    novel: lines
+                        .iter()
+                        .any(|line| names_novel_entity(line, &row.turns)),
+                };
+                predictions.write(&serde_json::json!({
+                    "id": row.id,
+                    "source": row.source,
+                    "text": summary.text,
+                    "reason": summary.reason,
+                    "resolution": summary.resolution,
+                    "followUp": summary.follow_up,
+                    "rougeL": scored.rouge.rouge_l,
+                    "novelEntity": scored.novel,
+                }))?;
+                scored
             }
             Err(ModelError::InvalidOutput(reason)) => {
                 tracing::warn!(row = %row.id, %reason, "summary rejected");
+                predictions.write(&serde_json::json!({
+                    "id": row.id,
+                    "source": row.source,
+                    "failed": reason,
+                }))?;
                 Scored {
                     rouge: RougeScores::default(),
                     failed: true,
@@ -214,6 +294,10 @@ pub fn names_novel_entity(summary: &str, turns: &[Turn]) -> bool {
     let mut sentence_start = true;
     for raw in summary.split_whitespace() {
         let word = raw.trim_matches(|c: char| !c.is_alphanumeric());
+        let word = word
+            .strip_suffix("'s")
+            .or_else(|| word.strip_suffix("\u{2019}s"))
+            .unwrap_or(word);
         let is_entity = word.chars().any(|c| c.is_ascii_digit())
             || (!sentence_start && word.chars().next().is_some_and(char::is_uppercase));
         let known = [
@@ -266,5 +350,6 @@ mod tests {
             &turns
         ));
         assert!(!names_novel_entity("Late order. Refund requested.", &turns));
+        assert!(!names_novel_entity("It was under Rachel's name.", &turns));
     }
 }

@@ -7,7 +7,7 @@ use crate::models::Label;
 use crate::models::fetch::sha256_file;
 use crate::models::head::{HOLDOUT_RULE, Provenance, SentimentHead, is_holdout};
 use crate::models::local::LocalModel;
-use crate::models::prompts::PROMPT_VERSION;
+use crate::models::prompts::SENTIMENT_PROMPT_VERSION;
 
 use super::data::{SentimentRow, read_jsonl, take_stratified};
 use super::metrics::{ClassMetrics, classification};
@@ -38,12 +38,12 @@ pub async fn sentiment_head(
     let holdout = take_stratified(holdout, holdout_limit, |r| &r.source);
 
     let (train_x, train_y) = featurise(model, &train, "features (train)").await?;
-    let info = model.info();
+    let info = &model.info().sentiment;
     let provenance = Provenance {
         model_name: info.id.clone(),
         model_bytes: info.bytes,
         model_sha256: sha256_file(&info.path)?,
-        prompt_version: PROMPT_VERSION,
+        prompt_version: SENTIMENT_PROMPT_VERSION,
         data_sha256: sha256_file(data)?,
         train_rows: train.len(),
         holdout_rule: HOLDOUT_RULE.into(),

@@ -172,6 +172,23 @@ fn a_very_negative_utterance_escalates_at_once() {
 }
 
 #[test]
+fn negative_but_not_angry_never_escalates_and_angry_does() {
+    let mut c = Contact::new("c", rules());
+    let mut steps = Vec::new();
+    for (i, anger) in [0.1, 0.2, 0.3, 0.9].into_iter().enumerate() {
+        let id = format!("s{i}");
+        when(&mut c, said(&id, Participant::Customer, "..."));
+        let mut judgement = judgement(&id, Participant::Customer, 0.95);
+        judgement.anger = Some(anger);
+        steps.push(kinds(&when(&mut c, Command::Judged(judgement))));
+    }
+    let raised: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].contains(&"EscalationRaised"))
+        .collect();
+    assert_eq!(raised, [3], "{steps:?}");
+}
+
+#[test]
 fn agents_are_judged_but_do_not_escalate_by_default() {
     let mut c = Contact::new("c", rules());
     when(&mut c, said("a1", Participant::Agent, "this is awful"));

@@ -111,6 +111,15 @@ pub struct SentimentAssessed {
     pub label: Label,
     /// Probability of each label.
     pub scores: LabelScores,
+    /// P(the speaker is angry), where a second model checked a negative-sounding
+    /// utterance for anger (the local engine); the rules count such an utterance as angry
+    /// only above `[escalation] anger_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anger: Option<f32>,
+    /// Anger cues in the utterance (`threat`, `insult`, `anger`, `profanity`, `sarcasm`;
+    /// see `events::cues`): with one, the rules count it as angry whatever its label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cues: Vec<String>,
     /// Which model judged.
     pub model: String,
     /// From the request entering the model gateway to the answer, ms.
@@ -141,7 +150,7 @@ pub struct SentimentChanged {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationRaised {
-    /// The rule, in words (e.g. `2 of the last 3 customer utterances NEGATIVE`).
+    /// The rule, in words (e.g. `2 of the last 3 customer utterances angry`).
     pub rule: String,
     /// The segments that made it fire.
     pub evidence: Vec<String>,

@@ -3,6 +3,7 @@
 //! pure decision rules.
 
 pub mod contact;
+pub mod cues;
 pub mod envelope;
 pub mod kinds;
 pub mod rules;

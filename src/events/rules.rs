@@ -1,8 +1,11 @@
 //! Escalation rules: when a contact's customer counts as negative enough to escalate, and
 //! when an escalation episode is over. Pure functions of the judgements seen so far.
 //!
-//! An episode opens when `negatives` of the last `window` eligible judgements are NEGATIVE,
-//! or when one judgement's P(NEGATIVE) reaches `threshold`. It closes after `clear_after`
+//! An episode opens when `negatives` of the last `window` eligible judgements are angry,
+//! or when one angry judgement's P(NEGATIVE) reaches `threshold`. A judgement is angry when
+//! its utterance has an anger cue (a threat, an insult, sarcasm: `events::cues`), or when
+//! it is NEGATIVE and, where a model checked it for anger, its P(angry) reaches
+//! `anger_threshold`: a calm complaint or sad news is negative without being angry. It closes after `clear_after`
 //! eligible judgements in a row that are not NEGATIVE (hysteresis: one calm sentence does
 //! not end it); the window then starts afresh, so a closed episode cannot reopen on old
 //! evidence. Each episode escalates once.
@@ -29,8 +32,12 @@ pub struct EscalationRules {
     pub window: usize,
     /// How many of them must be NEGATIVE (N).
     pub negatives: usize,
-    /// One judgement with P(NEGATIVE) at least this escalates at once (above 1 = never).
+    /// One angry judgement with P(NEGATIVE) at least this escalates at once (above 1 =
+    /// never).
     pub threshold: f32,
+    /// P(angry) from which a NEGATIVE judgement checked for anger counts as angry
+    /// (judgements without an anger score count by their label alone; 0 = ignore anger).
+    pub anger_threshold: f32,
     /// Non-NEGATIVE judgements in a row that end an episode.
     pub clear_after: usize,
     /// Contact attributes set when an episode opens.
@@ -51,6 +58,7 @@ impl Default for EscalationRules {
             window: 3,
             negatives: 2,
             threshold: 0.9,
+            anger_threshold: 0.55,
             clear_after: 3,
             attributes: BTreeMap::from([("RealTimeSentiment".into(), "NEGATIVE".into())]),
             clear_attributes: BTreeMap::new(),
@@ -98,6 +106,7 @@ struct Judged {
     segment_id: String,
     label: Label,
     scores: LabelScores,
+    angry: bool,
 }
 
 /// A contact's running customer mood: the window of recent judgements, the smoothed label
@@ -121,6 +130,9 @@ impl Mood {
                     segment_id: e.segment_id.clone(),
                     label: e.label,
                     scores: e.scores,
+                    angry: !e.cues.is_empty()
+                        || (e.label == Label::Negative
+                            && e.anger.is_none_or(|p| p >= rules.anger_threshold)),
                 });
                 while self.window.len() > rules.window {
                     self.window.pop_front();
@@ -191,32 +203,32 @@ impl Mood {
         if self.escalated {
             return None;
         }
-        let last = self.window.back()?;
+        let last = self.window.back().filter(|j| j.angry)?;
         let (rule, evidence) = if last.scores.negative >= rules.threshold {
             (
                 format!(
-                    "one customer utterance with P(NEGATIVE) {:.2} >= {:.2}",
+                    "one angry customer utterance with P(NEGATIVE) {:.2} >= {:.2}",
                     last.scores.negative, rules.threshold
                 ),
                 vec![last.segment_id.clone()],
             )
         } else {
-            let negatives: Vec<String> = self
+            let angry: Vec<String> = self
                 .window
                 .iter()
-                .filter(|j| j.label == Label::Negative)
+                .filter(|j| j.angry)
                 .map(|j| j.segment_id.clone())
                 .collect();
-            if last.label != Label::Negative || negatives.len() < rules.negatives {
+            if angry.len() < rules.negatives {
                 return None;
             }
             (
                 format!(
-                    "{} of the last {} customer utterances NEGATIVE",
-                    negatives.len(),
+                    "{} of the last {} customer utterances angry",
+                    angry.len(),
                     self.window.len()
                 ),
-                negatives,
+                angry,
             )
         };
         Some(EscalationRaised {

@@ -17,6 +17,8 @@ pub fn judgement(segment_id: &str, participant: Participant, negative: f32) -> S
         participant,
         label: scores.top(),
         scores,
+        anger: None,
+        cues: Vec::new(),
         model: "test".into(),
         latency_ms: 1,
         tokens_in: 1,

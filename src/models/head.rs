@@ -142,8 +142,8 @@ fn standardisation(features: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
-/// Softmax of three scores.
-pub fn softmax(logits: [f32; 3]) -> [f32; 3] {
+/// Softmax of a few scores.
+pub fn softmax<const N: usize>(logits: [f32; N]) -> [f32; N] {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps = logits.map(|l| (l - max).exp());
     let sum: f32 = exps.iter().sum();

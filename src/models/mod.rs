@@ -147,6 +147,8 @@ pub struct Sentiment {
     pub label: Label,
     /// Probability of every label.
     pub scores: LabelScores,
+    /// P(the speaker is angry), where the backend checks negative utterances for anger.
+    pub anger: Option<f32>,
     /// Which model judged (configured id or GGUF name).
     pub model_id: String,
     /// Tokens used.

@@ -93,6 +93,7 @@ impl SentimentClassifier for StandInModel {
         Ok(Sentiment {
             label,
             scores: LabelScores::from_probs(probs),
+            anger: None,
             model_id: self.id.clone(),
             usage: usage(&utterance.text),
             cost_usd: None,

@@ -1,5 +1,5 @@
 //! Summary post-processing that needs no model: output validation, chunking of long calls,
-//! and the rendering of bullets and merge notes.
+//! and the notes that stand for chunks when they are merged.
 
 use super::{ModelError, Turn};
 
@@ -126,38 +126,60 @@ fn split_turn(turn: &Turn, budget: usize, count: &impl Fn(&str) -> usize) -> Vec
     pieces
 }
 
-/// The three fields as the summary's bullet text.
-pub fn bullets(reason: &str, resolution: &str, follow_up: &str) -> String {
-    [reason, resolution, follow_up]
-        .iter()
-        .map(|f| format!("- {}", ensure_period(f)))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Whether a field says there is nothing to report (`None`, `N/A`, `Nothing.`, ...).
+pub fn says_nothing(text: &str) -> bool {
+    let word = text
+        .trim()
+        .trim_end_matches(['.', '!'])
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        word.as_str(),
+        "none"
+            | "n/a"
+            | "na"
+            | "nothing"
+            | "no follow-up"
+            | "no follow-up needed"
+            | "not applicable"
+    )
 }
 
-fn ensure_period(text: &str) -> String {
-    if text.ends_with(['.', '!', '?']) {
-        text.to_string()
-    } else {
-        format!("{text}.")
+/// Checks one answer line (`SUMMARY_LINES[index]`): the summary itself must say something;
+/// a field that says nothing becomes empty.
+pub fn validate_line(index: usize, raw: &str, max_chars: usize) -> Result<String, Rejection> {
+    let text = validate_field(raw, max_chars)?;
+    match (index, says_nothing(&text)) {
+        (0, true) => Err(Rejection::Empty),
+        (_, true) => Ok(String::new()),
+        (_, false) => Ok(text),
     }
 }
 
-/// Notes that stand for summarised chunks in the merge pass: one pseudo-turn per chunk.
-pub fn merge_notes(parts: &[[String; 3]]) -> Vec<Turn> {
+/// Empties a field that only repeats an earlier one (small models often give the same
+/// sentence as the resolution and the follow-up): a field says something new or nothing.
+pub fn drop_repeats(fields: &mut [String; 4]) {
+    let key = |text: &str| text.trim_end_matches(['.', '!']).trim().to_lowercase();
+    for i in 1..fields.len() {
+        let this = key(&fields[i]);
+        if !this.is_empty() && fields[..i].iter().any(|earlier| key(earlier) == this) {
+            fields[i].clear();
+        }
+    }
+}
+
+/// Notes that stand for summarised chunks in the merge pass: one pseudo-turn per chunk, its
+/// summary and what it left to do.
+pub fn merge_notes(parts: &[[String; 4]]) -> Vec<Turn> {
     parts
         .iter()
         .enumerate()
-        .map(|(i, [reason, resolution, follow_up])| {
-            Turn::new(
-                format!("Part {}", i + 1),
-                format!(
-                    "{} {} Next: {}",
-                    ensure_period(reason),
-                    ensure_period(resolution),
-                    ensure_period(follow_up)
-                ),
-            )
+        .map(|(i, [summary, _, _, follow_up])| {
+            let next = match follow_up.is_empty() {
+                true => String::new(),
+                false => format!(" Still to do: {follow_up}"),
+            };
+            Turn::new(format!("Part {}", i + 1), format!("{summary}{next}"))
         })
         .collect()
 }
@@ -260,18 +282,48 @@ mod tests {
     }
 
     #[test]
-    fn bullets_and_notes_render_each_field() {
-        let text = bullets(
-            "The customer wants a refund",
-            "The agent issued it.",
-            "none",
-        );
+    fn fields_that_say_nothing_are_empty_and_the_summary_must_say_something() {
+        assert_eq!(validate_line(3, "None.", 200).unwrap(), "");
+        assert_eq!(validate_line(2, " n/a ", 200).unwrap(), "");
         assert_eq!(
-            text,
-            "- The customer wants a refund.\n- The agent issued it.\n- none."
+            validate_line(3, "The agent calls back on Monday.", 200).unwrap(),
+            "The agent calls back on Monday."
         );
-        let notes = merge_notes(&[["a b".into(), "c d".into(), "e f".into()]]);
+        assert_eq!(validate_line(0, "None", 200), Err(Rejection::Empty));
+        assert!(!says_nothing("None of the parcels arrived"));
+    }
+
+    #[test]
+    fn a_field_repeating_an_earlier_one_is_emptied() {
+        let mut fields = [
+            "The customer asked for a refund.".to_string(),
+            "The blender broke.".into(),
+            "A refund was issued.".into(),
+            "a refund was issued".into(),
+        ];
+        drop_repeats(&mut fields);
+        assert_eq!(fields[2], "A refund was issued.");
+        assert_eq!(fields[3], "");
+        let mut distinct = fields.clone();
+        distinct[3] = "Send the label.".into();
+        let before = distinct.clone();
+        drop_repeats(&mut distinct);
+        assert_eq!(distinct, before);
+    }
+
+    #[test]
+    fn notes_carry_each_part_and_what_it_left_to_do() {
+        let notes = merge_notes(&[
+            ["A asked.".into(), "r".into(), "done".into(), "".into()],
+            [
+                "B paid.".into(),
+                "r".into(),
+                "".into(),
+                "Refund by Friday.".into(),
+            ],
+        ]);
         assert_eq!(notes[0].participant, "Part 1");
-        assert_eq!(notes[0].text, "a b. c d. Next: e f.");
+        assert_eq!(notes[0].text, "A asked.");
+        assert_eq!(notes[1].text, "B paid. Still to do: Refund by Friday.");
     }
 }

@@ -2,6 +2,7 @@
 //! a transient failure is retried after a jittered backoff, and every finished call is
 //! counted (outcome, latency, tokens).
 
+use crate::events::cues::anger_cues;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -45,6 +46,8 @@ impl ModelGateway {
                         participant: r.participant,
                         label: s.label,
                         scores: s.scores,
+                        anger: s.anger,
+                        cues: anger_cues(&r.text),
                         model: s.model_id,
                         latency_ms,
                         tokens_in: s.usage.input_tokens,

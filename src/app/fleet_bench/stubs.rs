@@ -70,7 +70,7 @@ pub(super) fn bedrock(request: &Received, _: usize) -> HttpResponse {
         converse_answer(if angry { "NEGATIVE" } else { "NEUTRAL" })
     } else {
         llama_answer(
-            " The customer called about a bill.\nResolution: The agent checked it.\nFollow-up: None.\nCustomer sentiment at end: NEUTRAL",
+            " The customer asked about a bill and the agent checked it.\nReason: A bill.\nResolution: The agent checked it.\nFollow-up: None.\nCustomer sentiment at end: NEUTRAL",
         )
     }
 }

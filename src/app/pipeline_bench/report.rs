@@ -43,7 +43,7 @@ pub struct BenchSetup {
     /// Customer utterances per call.
     pub customer_utterances_per_call: usize,
     /// The utterance (1-based) at which a call escalates with the stand-in and the default
-    /// rules (2 of the last 3 customer utterances NEGATIVE).
+    /// rules (2 of the last 3 customer utterances angry).
     pub escalates_at_utterance: usize,
     /// Gap between one call's lines, ms (none = as fast as possible).
     pub pace_ms: Option<u64>,

@@ -39,10 +39,9 @@ use text::{
 use wire::{Answer, Ask, Family, Native};
 
 use super::prompts::{
-    PROMPT_VERSION, SENTIMENT_SYSTEM, SUMMARY_SYSTEM, sentiment_prompt, summary_prompt,
-    summary_subjects,
+    SENTIMENT_SYSTEM, SUMMARY_PROMPT_VERSION, SUMMARY_SYSTEM, sentiment_prompt, summary_prompt,
 };
-use super::summary::{bullets, chunk_turns, merge_notes, spoken_turns};
+use super::summary::{chunk_turns, merge_notes, spoken_turns};
 use super::{
     CancellationToken, LabelScores, ModelError, Sentiment, SentimentClassifier, Summariser,
     Summary, Turn, Usage,
@@ -151,13 +150,12 @@ impl BedrockModel {
         &self,
         turns: &[Turn],
         notes: bool,
-        subjects: &(String, String),
         cancel: &CancellationToken,
     ) -> Result<(Fields, Usage), ModelError> {
         let model_id = &self.config.summary_model;
         let family = Family::of(model_id);
         let with_sentiment = !notes && turns.iter().any(Turn::is_customer);
-        let frame = summary_frame(family, subjects, with_sentiment);
+        let frame = summary_frame(family, with_sentiment);
         let answer = self
             .ask(
                 Ask {
@@ -181,9 +179,10 @@ impl BedrockModel {
     }
 
     /// Characters of transcript one summary prompt may carry.
-    fn transcript_budget(&self, subjects: &(String, String)) -> usize {
-        let frame = summary_frame(Family::of(&self.config.summary_model), subjects, true);
-        let overhead = render(&summary_prompt(&frame, &[], true), usize::MAX)
+    fn transcript_budget(&self, turns: &[Turn]) -> usize {
+        let frame = summary_frame(Family::of(&self.config.summary_model), true);
+        let speakers = &turns[..turns.len().min(2)];
+        let overhead = render(&summary_prompt(&frame, speakers, true), usize::MAX)
             .chars()
             .count()
             + SUMMARY_SYSTEM.len();
@@ -266,6 +265,7 @@ impl SentimentClassifier for BedrockModel {
         Ok(Sentiment {
             label,
             scores: LabelScores::from_probs(probs),
+            anger: None,
             model_id: model_id.clone(),
             usage: answer.usage,
             cost_usd: self.config.cost(model_id, answer.usage),
@@ -285,8 +285,7 @@ impl Summariser for BedrockModel {
         cancel: &CancellationToken,
     ) -> Result<Summary, ModelError> {
         let turns = spoken_turns(turns)?;
-        let subjects = summary_subjects(&turns);
-        let budget = self.transcript_budget(&subjects);
+        let budget = self.transcript_budget(&turns);
         // A transcript line is `Speaker: text\n`: count the speaker's share with the text.
         let count = |text: &str| text.chars().count() + 8;
         let mut chunks = chunk_turns(&turns, budget, count);
@@ -297,23 +296,23 @@ impl Summariser for BedrockModel {
         loop {
             let mut parts = Vec::with_capacity(chunks.len());
             for chunk in &chunks {
-                let (fields, used) = self.summary_fields(chunk, notes, &subjects, cancel).await?;
+                let (fields, used) = self.summary_fields(chunk, notes, cancel).await?;
                 usage += used;
                 sentiment = fields.sentiment.or(sentiment);
                 parts.push(fields.texts);
             }
             if parts.len() == 1 {
-                let [reason, resolution, follow_up] = parts.remove(0);
+                let [text, reason, resolution, follow_up] = parts.remove(0);
                 let model_id = self.config.summary_model.clone();
                 return Ok(Summary {
-                    text: bullets(&reason, &resolution, &follow_up),
+                    text,
                     reason,
                     resolution,
                     follow_up,
                     customer_sentiment: sentiment,
                     cost_usd: self.config.cost(&model_id, usage),
                     model_id,
-                    prompt_version: PROMPT_VERSION,
+                    prompt_version: SUMMARY_PROMPT_VERSION,
                     chunks: n_chunks,
                     usage,
                 });

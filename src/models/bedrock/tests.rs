@@ -157,7 +157,9 @@ fn call() -> Vec<Turn> {
     ]
 }
 
-const SUMMARY_ANSWER: &str = "Reason for contact: The customer was charged twice for order 1234.\n\
+const SUMMARY_ANSWER: &str = "Summary: The customer was charged twice for order 1234 and \
+        the agent refunded the duplicate charge.\n\
+        Reason: The customer was charged twice for order 1234.\n\
         Resolution: The agent refunded the duplicate charge.\n\
         Follow-up: None.\n\
         Customer sentiment at end: POSITIVE";
@@ -165,10 +167,7 @@ const SUMMARY_ANSWER: &str = "Reason for contact: The customer was charged twice
 /// The answer after the header native prompts already wrote.
 fn summary_answer(model_id: &str) -> String {
     match Family::of(model_id) {
-        Family::Native(_) => SUMMARY_ANSWER
-            .strip_prefix("Reason for contact:")
-            .unwrap()
-            .to_string(),
+        Family::Native(_) => SUMMARY_ANSWER.strip_prefix("Summary:").unwrap().to_string(),
         Family::Converse => SUMMARY_ANSWER.to_string(),
     }
 }
@@ -268,14 +267,18 @@ async fn summaries_parse_the_labelled_lines_of_each_family() {
             .unwrap();
         assert_eq!(
             summary.text,
-            "- The customer was charged twice for order 1234.\n\
-                 - The agent refunded the duplicate charge.\n- None."
+            "The customer was charged twice for order 1234 and the agent refunded the \
+             duplicate charge."
         );
         assert_eq!(
             summary.reason,
             "The customer was charged twice for order 1234."
         );
-        assert_eq!(summary.follow_up, "None.");
+        assert_eq!(
+            summary.resolution,
+            "The agent refunded the duplicate charge."
+        );
+        assert_eq!(summary.follow_up, "", "a follow-up of \"None.\" is none");
         assert_eq!(summary.customer_sentiment, Some(Label::Positive));
         assert_eq!(summary.model_id, id);
         assert_eq!(summary.chunks, 1);
@@ -291,7 +294,7 @@ async fn summaries_parse_the_labelled_lines_of_each_family() {
         if Family::of(id) == Family::Converse {
             assert_eq!(received[0].json()["system"][0]["text"], SUMMARY_SYSTEM);
         } else {
-            assert!(prompt.ends_with("Reason for contact:"), "{prompt}");
+            assert!(prompt.ends_with("Summary:"), "{prompt}");
         }
     }
 }
@@ -335,7 +338,7 @@ async fn answers_that_are_not_a_label_or_the_lines_are_invalid_output() {
         0 => answer(NOVA, "I think it is negative", 100, 6),
         1 => answer(
             LLAMA,
-            " The customer wanted a refund.\nResolution: Done.",
+            " The customer wanted a refund.\nReason: A refund.\nResolution: Done.",
             300,
             20,
         ),
@@ -375,7 +378,7 @@ fn field_parsing_is_strict() {
     assert!(parse(&preamble, true).is_err());
     let mixed = SUMMARY_ANSWER.replace("POSITIVE", "MIXED");
     assert!(parse(&mixed, true).unwrap_err().contains("not a label"));
-    let loop_ = SUMMARY_ANSWER.replace("None.", "no no no no");
+    let loop_ = SUMMARY_ANSWER.replace("Follow-up: None.", "Follow-up: no no no no");
     assert!(parse(&loop_, true).unwrap_err().contains("repetition"));
     assert_eq!(parse_label(" Neutral.\n"), Some(Label::Neutral));
     assert_eq!(parse_label("NEUTRAL.."), None);
@@ -427,7 +430,7 @@ async fn long_calls_are_summarised_in_chunks_and_merged() {
         let asked = String::from_utf8_lossy(&request.body).contains(SENTIMENT_HEADER);
         let lines: Vec<&str> = SUMMARY_ANSWER
             .lines()
-            .take(if asked { 4 } else { 3 })
+            .take(if asked { 5 } else { 4 })
             .collect();
         answer(NOVA, &lines.join("\n"), 500, 60)
     });

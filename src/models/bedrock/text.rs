@@ -3,8 +3,8 @@
 
 use super::wire::Family;
 use crate::models::Label;
-use crate::models::prompts::{ChatFrame, Piece, Prompt, SUMMARY_FIELDS, SUMMARY_SYSTEM, Subject};
-use crate::models::summary::validate_field;
+use crate::models::prompts::{ChatFrame, Piece, Prompt, SUMMARY_LINES, SUMMARY_SYSTEM};
+use crate::models::summary::{drop_repeats, validate_line};
 
 /// Follows the sentiment question of [`sentiment_prompt`](crate::models::prompts::sentiment_prompt).
 pub(super) const SENTIMENT_INSTRUCTION: &str =
@@ -13,29 +13,20 @@ pub(super) const SENTIMENT_INSTRUCTION: &str =
 /// The summary line that carries the customer's sentiment at the end of the call.
 pub(super) const SENTIMENT_HEADER: &str = "Customer sentiment at end:";
 
-/// The frame of a summary prompt: the answer format after the transcript, and (native
-/// families) the first header written as the answer's start.
-pub(super) fn summary_frame(
-    family: Family,
-    (first, second): &(String, String),
-    sentiment: bool,
-) -> ChatFrame {
-    let mut instruction =
-        String::from("\nAnswer with exactly these lines, each <...> filled in, and nothing else:");
-    for (i, (_, subject)) in SUMMARY_FIELDS.iter().enumerate() {
-        let hint = match subject {
-            Subject::First => format!("<one sentence starting with \"{first}\">"),
-            Subject::Second => format!("<one sentence starting with \"{second}\">"),
-            Subject::None => "<what still has to happen, in one sentence, or None.>".into(),
-        };
-        instruction.push_str(&format!("\n{} {hint}", summary_header(i)));
-    }
+/// The frame of a summary prompt: after the lines [`summary_prompt`] asks for, the
+/// sentiment line when wanted, and (native families) the first header written as the
+/// answer's start.
+///
+/// [`summary_prompt`]: crate::models::prompts::summary_prompt
+pub(super) fn summary_frame(family: Family, sentiment: bool) -> ChatFrame {
+    let mut instruction = String::new();
     if sentiment {
         instruction.push_str(&format!(
             "\n{SENTIMENT_HEADER} <the customer's sentiment at the end of the call: \
              POSITIVE, NEUTRAL or NEGATIVE>"
         ));
     }
+    instruction.push_str("\nWrite each line once, every <...> filled in, and nothing else.");
     let answer_start = if family.writes_answer_start() {
         summary_header(0)
     } else {
@@ -44,25 +35,25 @@ pub(super) fn summary_frame(
     family.frame(SUMMARY_SYSTEM, &instruction, answer_start)
 }
 
-/// The header of summary field `i`, e.g. `Reason for contact:`.
+/// The header of summary line `i`, e.g. `Reason:`.
 pub(super) fn summary_header(i: usize) -> &'static str {
-    SUMMARY_FIELDS[i].0.trim_end()
+    SUMMARY_LINES[i].header
 }
 
 /// A parsed summary answer.
 pub(super) struct Fields {
-    pub(super) texts: [String; 3],
+    pub(super) texts: [String; 4],
     pub(super) sentiment: Option<Label>,
 }
 
 /// Reads a summary answer strictly: every line is one of the expected headers, each once,
-/// with a value that passes [`validate_field`]; the sentiment line exactly when asked for.
+/// with a value that passes [`validate_line`]; the sentiment line exactly when asked for.
 pub(super) fn parse_fields(
     text: &str,
     with_sentiment: bool,
     max_chars: usize,
 ) -> Result<Fields, String> {
-    let headers: Vec<&str> = (0..SUMMARY_FIELDS.len())
+    let headers: Vec<&str> = (0..SUMMARY_LINES.len())
         .map(summary_header)
         .chain(with_sentiment.then_some(SENTIMENT_HEADER))
         .collect();
@@ -78,14 +69,15 @@ pub(super) fn parse_fields(
         }
     }
     let value = |i: usize| values[i].ok_or_else(|| format!("no {:?} line", headers[i]));
-    let mut texts: [String; 3] = Default::default();
+    let mut texts: [String; 4] = Default::default();
     for (i, text) in texts.iter_mut().enumerate() {
-        *text = validate_field(value(i)?, max_chars)
+        *text = validate_line(i, value(i)?, max_chars)
             .map_err(|rejection| format!("{} {rejection}", headers[i]))?;
     }
+    drop_repeats(&mut texts);
     let sentiment = match with_sentiment {
         true => {
-            let answer = value(SUMMARY_FIELDS.len())?;
+            let answer = value(SUMMARY_LINES.len())?;
             Some(
                 parse_label(answer)
                     .ok_or_else(|| format!("{SENTIMENT_HEADER} {answer:?} is not a label"))?,
