@@ -350,6 +350,6 @@ mod tests {
             &turns
         ));
         assert!(!names_novel_entity("Late order. Refund requested.", &turns));
-        assert!(!names_novel_entity("It was under Rachel's name.", &turns));
+        assert!(!names_novel_entity("It waits at Berlin's depot.", &turns));
     }
 }
