@@ -108,10 +108,10 @@ pub async fn replay(
         match replay_one(events, summariser, &rules, sink, id, dry_run).await? {
             Outcome::Written(summary) => {
                 report.written += 1;
-                let first_bullet = summary.text.lines().next().unwrap_or("");
+                let first_line = summary.text.lines().next().unwrap_or("");
                 writeln!(
                     out,
-                    "{id}  v{}  {}  {first_bullet}",
+                    "{id}  v{}  {}  {first_line}",
                     summary.version, summary.model
                 )?;
                 if dry_run {

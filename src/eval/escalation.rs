@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Predictions, progress};
-use crate::events::cues::anger_cues;
 use crate::events::rules::{EscalationRules, Mood};
-use crate::events::{Event, Participant, SentimentAssessed};
+use crate::events::{Event, Participant};
 use crate::models::{CancellationToken, SentimentClassifier, Turn};
 
 /// One labelled call (`tests/data/escalation/*.jsonl`).
@@ -131,28 +130,19 @@ pub async fn run_call(
             continue;
         }
         let context = &call.turns[i.saturating_sub(context_turns)..i];
-        let s = model.classify(turn, context, &cancel).await?;
+        let assessed = model.classify(turn, context, &cancel).await?.into_event(
+            i.to_string(),
+            participant,
+            &turn.text,
+            0,
+        );
         outcome.judgements.push(serde_json::json!({
             "turn": i,
-            "label": s.label,
-            "negative": s.scores.negative,
-            "anger": s.anger,
-            "cues": anger_cues(&turn.text),
+            "label": assessed.label,
+            "negative": assessed.scores.negative,
+            "anger": assessed.anger,
+            "cues": assessed.cues,
         }));
-        let assessed = SentimentAssessed {
-            segment_id: i.to_string(),
-            coalesced: Vec::new(),
-            participant,
-            label: s.label,
-            scores: s.scores,
-            anger: s.anger,
-            cues: anger_cues(&turn.text),
-            model: s.model_id,
-            latency_ms: 0,
-            tokens_in: s.usage.input_tokens,
-            tokens_out: s.usage.output_tokens,
-            cost_usd: s.cost_usd,
-        };
         for event in mood.react(rules, &assessed) {
             if let Event::EscalationRaised(raised) = event
                 && outcome.escalated_at.is_none()

@@ -231,7 +231,7 @@ pub struct SummaryGenerated {
     pub model: String,
     /// Version of the prompts.
     pub prompt_version: u32,
-    /// The three bullets.
+    /// The summary itself (older versions: three `- ` bullets, one per line).
     pub text: String,
     /// Why the customer got in touch.
     pub reason: String,

@@ -157,10 +157,10 @@ pub struct Sentiment {
     pub cost_usd: Option<f64>,
 }
 
-/// A call summary: three bullet points plus structured fields.
+/// A call summary: what was wanted and what was done, plus fields extracted from the call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    /// The three bullets, joined with newlines, each starting with `- `.
+    /// The summary itself: what was wanted, then what was done (one or two sentences).
     pub text: String,
     /// Why the customer got in touch.
     pub reason: String,
@@ -180,6 +180,33 @@ pub struct Summary {
     pub usage: Usage,
     /// What all its calls cost in USD, where the model has a price (Bedrock); `None` otherwise.
     pub cost_usd: Option<f64>,
+}
+
+impl Sentiment {
+    /// The event recording it as the judgement of `utterance` (segment `segment_id`), with
+    /// the utterance's anger cues; `latency_ms` from the request to the answer.
+    pub fn into_event(
+        self,
+        segment_id: String,
+        participant: crate::events::Participant,
+        utterance: &str,
+        latency_ms: u64,
+    ) -> crate::events::SentimentAssessed {
+        crate::events::SentimentAssessed {
+            segment_id,
+            coalesced: Vec::new(),
+            participant,
+            label: self.label,
+            scores: self.scores,
+            anger: self.anger,
+            cues: crate::events::cues::anger_cues(utterance),
+            model: self.model_id,
+            latency_ms,
+            tokens_in: self.usage.input_tokens,
+            tokens_out: self.usage.output_tokens,
+            cost_usd: self.cost_usd,
+        }
+    }
 }
 
 impl Summary {

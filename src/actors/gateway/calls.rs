@@ -2,7 +2,6 @@
 //! a transient failure is retried after a jittered backoff, and every finished call is
 //! counted (outcome, latency, tokens).
 
-use crate::events::cues::anger_cues;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -41,18 +40,8 @@ impl ModelGateway {
                     let r = &job.request;
                     let reply = act.settle(&r.contact_id, job.work(), &r.reply);
                     reply.do_send(ModelOutcome::Judged(SentimentAssessed {
-                        segment_id: r.segment_id.clone(),
                         coalesced: job.coalesced.clone(),
-                        participant: r.participant,
-                        label: s.label,
-                        scores: s.scores,
-                        anger: s.anger,
-                        cues: anger_cues(&r.text),
-                        model: s.model_id,
-                        latency_ms,
-                        tokens_in: s.usage.input_tokens,
-                        tokens_out: s.usage.output_tokens,
-                        cost_usd: s.cost_usd,
+                        ..s.into_event(r.segment_id.clone(), r.participant, &r.text, latency_ms)
                     }));
                 }
                 Err(ModelError::Cancelled) => {
