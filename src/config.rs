@@ -45,6 +45,8 @@ pub struct Config {
     pub redaction: RedactionConfig,
     /// `[api]`: tokens, rate limits and the live feed of the HTTP API.
     pub api: ApiConfig,
+    /// `[audio]`: call audio (Kinesis Video) and its transcription (Transcribe streaming).
+    pub audio: crate::audio::AudioConfig,
 }
 
 /// The `[store]` table.

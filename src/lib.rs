@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod api;
 pub mod app;
+pub mod audio;
 pub mod aws;
 pub mod backoff;
 pub mod config;

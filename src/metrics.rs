@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The pipeline's metrics (names below without the `callpulse_` prefix).
@@ -80,6 +80,22 @@ pub struct Metrics {
     /// `kinesis_lease_takeovers_total`: leases this worker took from another worker
     /// (expired, or handed over to balance the fleet).
     pub kinesis_lease_takeovers: IntCounter,
+    /// `audio_seconds_total`: call audio mixed and sent to the recogniser, seconds (both
+    /// channels together).
+    pub audio_seconds: Counter,
+    /// `audio_lag_seconds`: from the end of a final result's audio to its utterance being
+    /// recorded, by the wall clock against the producer's timestamps.
+    pub audio_lag: Histogram,
+    /// `audio_streams_open`: recognition sessions open now.
+    pub audio_streams_open: IntGauge,
+    /// `audio_streams_waiting`: calls waiting for a recognition stream (over `max_streams`).
+    pub audio_streams_waiting: IntGauge,
+    /// `audio_stream_restarts_total{cause}`: media reads or sessions started again
+    /// (`continuation`, `rollover`, `failure`).
+    pub audio_stream_restarts: IntCounterVec,
+    /// `audio_failures_total{kind}`: audio failures by kind (`no_stream`, `malformed`,
+    /// `refused`, `throttled`, `unavailable`).
+    pub audio_failures: IntCounterVec,
 }
 
 /// Registers `collector` and hands it back. Names are fixed and distinct, so failing here is
@@ -252,6 +268,48 @@ impl Metrics {
                 r,
                 "kinesis_lease_takeovers_total",
                 "Leases this worker took from another worker",
+            ),
+            audio_seconds: register(
+                r,
+                Counter::new(
+                    "audio_seconds_total",
+                    "Call audio sent to the recogniser, seconds",
+                )
+                .expect("valid metric"),
+            ),
+            audio_lag: register(
+                r,
+                Histogram::with_opts(histogram_opts(
+                    "audio_lag_seconds",
+                    "From the end of spoken audio to its utterance being recorded",
+                    MODEL_BUCKETS,
+                ))
+                .expect("valid metric"),
+            ),
+            audio_streams_open: register(
+                r,
+                IntGauge::new("audio_streams_open", "Recognition sessions open")
+                    .expect("valid metric"),
+            ),
+            audio_streams_waiting: register(
+                r,
+                IntGauge::new(
+                    "audio_streams_waiting",
+                    "Calls waiting for a recognition stream",
+                )
+                .expect("valid metric"),
+            ),
+            audio_stream_restarts: counter_vec(
+                r,
+                "audio_stream_restarts_total",
+                "Media reads or recognition sessions started again, by cause",
+                &["cause"],
+            ),
+            audio_failures: counter_vec(
+                r,
+                "audio_failures_total",
+                "Audio failures by kind",
+                &["kind"],
             ),
             registry,
         }

@@ -225,6 +225,7 @@ fn start_with(backends: Backends, gateway: GatewayConfig, pipeline: PipelineConf
             ..gateway
         },
         attributes: AttributesConfig::default(),
+        audio: None,
     };
     Harness {
         store,

@@ -18,6 +18,7 @@ use super::Services;
 use super::dispatcher::{AttributeOutcome, SetAttributes};
 use super::gateway::{JudgeUtterance, ModelOutcome, WriteSummary};
 use super::router::Passivate;
+use crate::audio::reader::{AudioReader, AudioReport, AudioSink};
 use crate::backoff::backoff;
 use crate::events::contact::{Command, Contact, Due};
 use crate::events::{
@@ -81,6 +82,24 @@ impl Halt {
     }
 }
 
+/// A report of the contact's audio reader; answered once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct HearAudio(pub AudioReport);
+
+/// The audio reader's way to the actor.
+struct ToActor(Addr<ContactActor>);
+
+#[async_trait::async_trait]
+impl AudioSink for ToActor {
+    async fn report(&self, report: AudioReport) -> Result<(), String> {
+        self.0
+            .send(HearAudio(report))
+            .await
+            .map_err(|e| format!("the contact's actor is gone: {e}"))?
+    }
+}
+
 /// Whether the contact still owes work (due or in flight).
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -98,6 +117,8 @@ enum InFlight {
     Summary(u32),
     /// Writing a summary version to the summary sink.
     SavingSummary(u32),
+    /// Reading the call's audio.
+    Audio,
 }
 
 /// The actor of one contact.
@@ -122,6 +143,10 @@ pub struct ContactActor {
     /// Why the contact's log cannot be loaded (a broken chain, an undecodable event), once
     /// it is known: the contact takes no input and does no work.
     quarantined: Option<String>,
+    /// The audio reader, while one runs.
+    audio_reader: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the audio reader once the call has ended.
+    call_ended: tokio::sync::watch::Sender<bool>,
 }
 
 impl ContactActor {
@@ -138,6 +163,8 @@ impl ContactActor {
             halt,
             counted: false,
             quarantined: None,
+            audio_reader: None,
+            call_ended: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -348,6 +375,12 @@ impl ContactActor {
         let Some(contact) = self.contact.as_ref().filter(|_| !self.halt.is_halted()) else {
             return;
         };
+        self.call_ended.send_replace(contact.ended.is_some());
+        if self.services.audio.is_some()
+            && let Some(started) = contact.wants_audio()
+        {
+            return self.handle_outcome(Command::AudioStart(started), Vec::new(), ctx);
+        }
         let due = contact.due();
         for work in &due {
             match work {
@@ -395,6 +428,20 @@ impl ContactActor {
                             turns: contact.turns(),
                             reply: ctx.address().recipient(),
                         });
+                    }
+                }
+                Due::Audio(progress) => {
+                    if let Some(audio) = &self.services.audio
+                        && self.in_flight.insert(InFlight::Audio)
+                    {
+                        let reader = AudioReader::new(
+                            audio.clone(),
+                            self.id.clone(),
+                            progress,
+                            self.call_ended.subscribe(),
+                            Arc::new(ToActor(ctx.address())),
+                        );
+                        self.audio_reader = Some(actix::spawn(reader.run()));
                     }
                 }
             }
@@ -457,6 +504,13 @@ impl ContactActor {
             self.in_flight.remove(key);
         }
         self.reconcile(ctx);
+    }
+
+    /// Stops the audio reader (a restart resumes it from its checkpoint).
+    fn stop_audio(&mut self) {
+        if let Some(reader) = self.audio_reader.take() {
+            reader.abort();
+        }
     }
 
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
@@ -551,6 +605,7 @@ impl Actor for ContactActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.stop_audio();
         if !self.in_flight.is_empty() {
             tracing::info!(contact = %self.id, in_flight = ?self.in_flight, "stopped with work in flight; it is redone from the log");
         }
@@ -565,6 +620,7 @@ impl Supervised for ContactActor {
         if !self.halt.is_halted() {
             tracing::info!(contact = %self.id, "restarting from the log");
         }
+        self.stop_audio();
         self.contact = None;
         self.in_flight.clear();
         self.appending = false;
@@ -667,6 +723,60 @@ impl Handler<AttributeOutcome> for ContactActor {
             }
         };
         self.handle_outcome(command, vec![InFlight::Attributes(for_seq)], ctx);
+    }
+}
+
+impl Handler<HearAudio> for ContactActor {
+    type Result = AtomicResponse<Self, Result<(), String>>;
+
+    fn handle(&mut self, HearAudio(report): HearAudio, ctx: &mut Context<Self>) -> Self::Result {
+        let refused = |why: String| AtomicResponse::new(Box::pin(fut::ready(Err(why))));
+        if self.halt.is_halted() {
+            return refused(format!("contact {} was let go here", self.id));
+        }
+        if self.appending {
+            return refused("an append of this contact is still out".into());
+        }
+        let Some(contact) = self.contact.as_ref() else {
+            return refused("contact log not loaded yet".into());
+        };
+        self.last_input = Instant::now();
+        let (command, source_id, done) = match report {
+            AudioReport::Heard {
+                utterance,
+                source_id,
+            } => (
+                Command::Utterance {
+                    utterance,
+                    at: Utc::now(),
+                },
+                Some(source_id),
+                Vec::new(),
+            ),
+            AudioReport::Checkpoint(checkpoint) => {
+                (Command::AudioProgress(checkpoint), None, Vec::new())
+            }
+            AudioReport::Failed(failed) => (Command::AudioFailed(failed), None, Vec::new()),
+            AudioReport::Ended(ended) => {
+                self.audio_reader = None;
+                (Command::AudioEnd(ended), None, vec![InFlight::Audio])
+            }
+        };
+        match contact.decide(command, Utc::now()) {
+            Ok(events) if !events.is_empty() => AtomicResponse::new(Box::pin(
+                self.persist(events, source_id, done)
+                    .map(|result, _, _| result.map(|_| ()).map_err(|e| e.0)),
+            )),
+            Ok(_) => {
+                self.finish(&done, ctx);
+                AtomicResponse::new(Box::pin(fut::ready(Ok(()))))
+            }
+            Err(refusal) => {
+                tracing::debug!(contact = %self.id, %refusal, "audio report ignored");
+                self.finish(&done, ctx);
+                AtomicResponse::new(Box::pin(fut::ready(Ok(()))))
+            }
+        }
     }
 }
 

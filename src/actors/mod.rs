@@ -19,6 +19,7 @@ use self::dispatcher::{AttributeDispatcher, AttributesConfig};
 use self::gateway::{Backends, GatewayConfig, ModelGateway};
 use self::projector::{CatchUp, Projector};
 use self::router::{ContactRouter, GetActivity, Resume, Selector, SetServices};
+use crate::audio::AudioServices;
 use crate::events::rules::EscalationRules;
 use crate::sinks::attributes::AttributeSink;
 use crate::sinks::summaries::SummarySink;
@@ -75,6 +76,8 @@ pub struct Services {
     pub context_turns: usize,
     /// When a silent contact ends.
     pub idle_timeout: Duration,
+    /// Call audio: each contact whose STARTED names a media stream reads it.
+    pub audio: Option<Arc<AudioServices>>,
 }
 
 /// What a pipeline is built from.
@@ -97,6 +100,8 @@ pub struct Parts {
     pub gateway: GatewayConfig,
     /// Attribute sink settings.
     pub attributes: AttributesConfig,
+    /// Call audio and its transcription, when configured.
+    pub audio: Option<Arc<AudioServices>>,
 }
 
 /// A running pipeline. Start it inside an actix `System`.
@@ -152,6 +157,7 @@ impl Pipeline {
             router: router.clone(),
             context_turns: parts.pipeline.context_turns,
             idle_timeout: Duration::from_secs(parts.pipeline.idle_timeout_secs),
+            audio: parts.audio,
         })));
         Self {
             router,

@@ -26,10 +26,12 @@ use anyhow::Context;
 
 use crate::actors::Parts;
 use crate::actors::gateway::Backends;
+use crate::audio::AudioServices;
 use crate::config::{Backend, Config, StoreKind, SummarySinkKind};
 use crate::models::bedrock::BedrockModel;
 use crate::models::local::LocalModel;
 use crate::models::standin::StandInModel;
+use crate::redaction::Redactor;
 use crate::sinks::attributes::{AttributeLog, AttributeSink, AttributeSinkKind};
 use crate::sinks::connect::ConnectSink;
 use crate::sinks::s3::S3SummarySink;
@@ -282,5 +284,6 @@ pub async fn parts(config: &Config, data: &DataDir, backends: Backends) -> anyho
         pipeline: config.pipeline.clone(),
         gateway: config.gateway.clone(),
         attributes: config.attributes.clone(),
+        audio: AudioServices::from_config(&config.audio, Redactor::new(&config.redaction)).await,
     })
 }

@@ -296,9 +296,17 @@ fn describe(event: &Event, judged: &HashMap<&str, String>) -> Option<String> {
                 .get(e.segment_id.as_str())
                 .map_or_else(String::new, |mark| format!("  [{mark}]"))
         ),
-        Event::AudioCheckpoint(e) => {
-            format!("audio transcribed up to fragment {}", e.fragment_number)
-        }
+        Event::AudioStarted(e) => format!("audio read from {}", e.stream_arn),
+        Event::AudioCheckpoint(e) => format!(
+            "audio heard to {} ms (fragment {})",
+            e.covered_millis, e.fragment_number
+        ),
+        Event::AudioStreamFailed(e) => format!(
+            "audio FAILED: {}{}",
+            e.reason,
+            if e.retrying { " (retrying)" } else { "" }
+        ),
+        Event::AudioEnded(e) => format!("audio ended ({:?})", e.reason),
         Event::SentimentAssessed(_) => return None,
         Event::SentimentChanged(e) => format!(
             "customer sentiment {} -> {} ({})",

@@ -41,12 +41,17 @@ pub(crate) async fn lease_config() -> aws_config::SdkConfig {
     config_for(lease_endpoint()).await
 }
 
-async fn config_for(endpoint: &str) -> aws_config::SdkConfig {
-    // SAFETY: set once, to the same values, before any client reads them.
+/// Sets the test credentials (the same everywhere) the SDK clients of tests sign with.
+pub(crate) fn use_test_credentials() {
+    // SAFETY: always the same values, set before a client reads them.
     unsafe {
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     }
+}
+
+async fn config_for(endpoint: &str) -> aws_config::SdkConfig {
+    use_test_credentials();
     sdk_config(&AwsEndpoint {
         region: Some("us-east-1".into()),
         endpoint_url: Some(endpoint.to_string()),

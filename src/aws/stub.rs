@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 #[cfg(test)]
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::dev::ServerHandle;
+use actix_web::{App, FromRequest, Handler, HttpRequest, HttpResponse, HttpServer, Responder, web};
 
 /// One request as the stub received it.
 #[derive(Debug, Clone)]
@@ -48,7 +49,7 @@ impl Received {
     }
 }
 
-type Handler = dyn Fn(&Received, usize) -> HttpResponse + Send + Sync;
+type Answerer = dyn Fn(&Received, usize) -> HttpResponse + Send + Sync;
 
 /// Bedrock's Converse answer: the assistant says `text`.
 pub(crate) fn converse_answer(text: &str) -> HttpResponse {
@@ -75,7 +76,7 @@ pub(crate) struct Stub {
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
     received: Arc<Mutex<Vec<Received>>>,
-    server: actix_web::dev::ServerHandle,
+    server: ServerHandle,
 }
 
 impl Stub {
@@ -85,48 +86,37 @@ impl Stub {
         handler: impl Fn(&Received, usize) -> HttpResponse + Send + Sync + 'static,
     ) -> Self {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
+        let handler: Arc<Answerer> = Arc::new(handler);
         let log = received.clone();
-        let server = HttpServer::new(move || {
+        let (endpoint, server) = serve(move |req: HttpRequest, body: web::Bytes| {
             let (log, handler) = (log.clone(), handler.clone());
-            App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                let (log, handler) = (log.clone(), handler.clone());
-                async move {
-                    let request = Received {
-                        method: req.method().to_string(),
-                        path: percent_decode(req.path()),
-                        headers: req
-                            .headers()
-                            .iter()
-                            .map(|(n, v)| {
-                                (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())
-                            })
-                            .collect(),
-                        body: body.to_vec(),
-                        #[cfg(test)]
-                        at: Instant::now(),
-                    };
-                    let index = {
-                        let mut log = log.lock().unwrap();
-                        log.push(request.clone());
-                        log.len() - 1
-                    };
-                    handler(&request, index)
-                }
-            }))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("binding the stub");
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+            async move {
+                let request = Received {
+                    method: req.method().to_string(),
+                    path: percent_decode(req.path()),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| {
+                            (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                        })
+                        .collect(),
+                    body: body.to_vec(),
+                    #[cfg(test)]
+                    at: Instant::now(),
+                };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(request.clone());
+                    log.len() - 1
+                };
+                handler(&request, index)
+            }
+        });
         Self {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint,
             received,
-            server: handle,
+            server,
         }
     }
 
@@ -156,6 +146,27 @@ impl Drop for Stub {
         let server = self.server.clone();
         drop(server.stop(false));
     }
+}
+
+/// Serves every request with `handler` on a free port of 127.0.0.1 (one worker, no signal
+/// handling); answers `http://127.0.0.1:PORT` and the server's handle. Call from inside an
+/// actix or tokio runtime.
+pub(crate) fn serve<F, Args>(handler: F) -> (String, ServerHandle)
+where
+    F: Handler<Args> + Send,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    let server = HttpServer::new(move || App::new().default_service(web::to(handler.clone())))
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("binding the stub");
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (format!("http://127.0.0.1:{port}"), handle)
 }
 
 fn percent_decode(path: &str) -> String {

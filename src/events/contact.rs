@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use super::envelope::{ChainHead, StoredEvent};
 use super::kinds::*;
 use super::rules::{EscalationRules, Mood};
+use crate::audio::mkv::fragment_order;
 use crate::models::Turn;
 
 /// An input to a contact.
@@ -38,6 +39,14 @@ pub enum Command {
     Summarised(SummaryGenerated),
     /// A summary attempt failed.
     SummaryFailed(SummaryFailed),
+    /// The contact's audio is to be read (its STARTED named a media stream).
+    AudioStart(AudioStarted),
+    /// The audio is fully heard this far.
+    AudioProgress(AudioCheckpoint),
+    /// Reading or transcribing the audio failed.
+    AudioFailed(AudioStreamFailed),
+    /// The audio is over.
+    AudioEnd(AudioEnded),
 }
 
 /// Why an input was refused (the caller reports it; nothing is appended).
@@ -80,6 +89,21 @@ pub enum Due<'a> {
         /// The version to write.
         version: u32,
     },
+    /// Read the call's audio (until it ends), from where it is fully heard.
+    Audio(&'a AudioProgress),
+}
+
+/// A contact's audio, once it is read: where from, how far it is heard, whether it is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioProgress {
+    /// What reading began with.
+    pub started: AudioStarted,
+    /// The latest checkpoint.
+    pub checkpoint: Option<AudioCheckpoint>,
+    /// Once the audio is over.
+    pub ended: Option<AudioEnded>,
+    /// Where the latest utterance heard ends, ms into the call: customer, agent.
+    pub heard_until: [u64; 2],
 }
 
 /// How many failed attempts a summary version gets before it is left to a replay.
@@ -124,6 +148,8 @@ pub struct Contact {
     pub summary_version: u32,
     /// The latest summary, once there is one.
     pub latest_summary: Option<SummaryGenerated>,
+    /// The call's audio, once it is read.
+    pub audio: Option<AudioProgress>,
     summary_wanted: u32,
     summary_attempts: u32,
 }
@@ -146,6 +172,7 @@ impl Contact {
             mood: Mood::default(),
             summary_version: 0,
             latest_summary: None,
+            audio: None,
             summary_wanted: 0,
             summary_attempts: 0,
         }
@@ -210,7 +237,7 @@ impl Contact {
             {
                 vec![]
             }
-            Command::Utterance { utterance, .. } if self.ended.is_some() => {
+            Command::Utterance { utterance, .. } if self.ended.is_some() && !self.audio_live() => {
                 return Err(Refusal::AfterEnd {
                     contact_id: self.id.clone(),
                     segment_id: utterance.segment_id,
@@ -256,7 +283,57 @@ impl Contact {
                 vec![Event::SummaryFailed(failed)]
             }
             Command::SummaryFailed(_) => return unexpected("summary failure"),
+            Command::AudioStart(started) if self.audio.is_none() && self.ended.is_none() => {
+                vec![Event::AudioStarted(started)]
+            }
+            Command::AudioStart(_) => vec![],
+            Command::AudioProgress(checkpoint) if self.audio_live() => {
+                let behind = self
+                    .audio
+                    .as_ref()
+                    .and_then(|a| a.checkpoint.as_ref())
+                    .is_some_and(|last| {
+                        fragment_order(&checkpoint.fragment_number, &last.fragment_number).is_le()
+                    });
+                if behind {
+                    vec![]
+                } else {
+                    vec![Event::AudioCheckpoint(checkpoint)]
+                }
+            }
+            Command::AudioFailed(failed) if self.audio_live() => {
+                vec![Event::AudioStreamFailed(failed)]
+            }
+            Command::AudioEnd(ended) if self.audio_live() => vec![Event::AudioEnded(ended)],
+            Command::AudioProgress(_) | Command::AudioFailed(_) | Command::AudioEnd(_) => {
+                return unexpected("audio report");
+            }
         })
+    }
+
+    /// Whether the call's audio is being read and is not over.
+    pub fn audio_live(&self) -> bool {
+        self.audio.as_ref().is_some_and(|a| a.ended.is_none())
+    }
+
+    /// The audio to start reading: the call's STARTED named a media stream, and nothing has
+    /// read it yet.
+    pub fn wants_audio(&self) -> Option<AudioStarted> {
+        let start = self.start.as_ref()?;
+        if self.audio.is_some() || self.ended.is_some() {
+            return None;
+        }
+        Some(AudioStarted {
+            stream_arn: start.media_stream_arn.clone()?,
+            start_fragment_number: start.start_fragment_number.clone(),
+        })
+    }
+
+    /// Asks for the first summary once the call and its audio are both over.
+    fn want_summary_when_over(&mut self) {
+        if self.ended.is_some() && !self.audio_live() && !self.spoken.is_empty() {
+            self.summary_wanted = self.summary_wanted.max(1);
+        }
     }
 
     /// `event`, preceded by an implicit ContactStarted at `at` when no STARTED came.
@@ -324,6 +401,10 @@ impl Contact {
                     participant: u.participant,
                     text: u.text.clone(),
                 });
+                if let (Some(audio), Some(end)) = (self.audio.as_mut(), u.end_offset_millis) {
+                    let side = usize::from(u.participant == Participant::Agent);
+                    audio.heard_until[side] = audio.heard_until[side].max(end);
+                }
             }
             Event::EscalationRaised(EscalationRaised { attributes, .. })
             | Event::EscalationCleared(EscalationCleared { attributes, .. })
@@ -337,9 +418,26 @@ impl Contact {
             }
             Event::ContactEnded(e) => {
                 self.ended = Some(e.clone());
-                if !self.spoken.is_empty() {
-                    self.summary_wanted = self.summary_wanted.max(1);
+                self.want_summary_when_over();
+            }
+            Event::AudioStarted(started) => {
+                self.audio = Some(AudioProgress {
+                    started: started.clone(),
+                    checkpoint: None,
+                    ended: None,
+                    heard_until: [0; 2],
+                });
+            }
+            Event::AudioCheckpoint(checkpoint) => {
+                if let Some(audio) = self.audio.as_mut() {
+                    audio.checkpoint = Some(checkpoint.clone());
                 }
+            }
+            Event::AudioEnded(ended) => {
+                if let Some(audio) = self.audio.as_mut() {
+                    audio.ended = Some(ended.clone());
+                }
+                self.want_summary_when_over();
             }
             Event::SummaryGenerated(e) => {
                 if e.version > self.summary_version {
@@ -402,6 +500,9 @@ impl Contact {
             due.push(Due::Summary {
                 version: self.summary_version + 1,
             });
+        }
+        if let Some(audio) = self.audio.as_ref().filter(|a| a.ended.is_none()) {
+            due.push(Due::Audio(audio));
         }
         due
     }

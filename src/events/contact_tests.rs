@@ -476,3 +476,93 @@ fn a_contact_is_folded_by_the_rules_it_began_under_whatever_the_config_says_late
     };
     assert_eq!(next(&mut reloaded), next(&mut c));
 }
+
+fn heard(id: &str, who: Participant, begin: u64, end: u64) -> Command {
+    let Command::Utterance { mut utterance, at } = said(id, who, "heard") else {
+        unreachable!()
+    };
+    utterance.begin_offset_millis = Some(begin);
+    utterance.end_offset_millis = Some(end);
+    Command::Utterance { utterance, at }
+}
+
+#[test]
+fn a_call_with_audio_is_heard_after_its_end_and_summarised_once_the_audio_is_over() {
+    let mut c = Contact::new("c", rules());
+    when(&mut c, started(Utc::now(), "i-1"));
+    let Some(audio) = c.wants_audio() else {
+        panic!("a media stream named, nothing reading it")
+    };
+    assert_eq!(
+        kinds(&when(&mut c, Command::AudioStart(audio.clone()))),
+        ["AudioStarted"]
+    );
+    assert!(c.wants_audio().is_none());
+    assert!(
+        when(&mut c, Command::AudioStart(audio)).is_empty(),
+        "started once"
+    );
+    when(
+        &mut c,
+        heard("audio-customer-1000", Participant::Customer, 1000, 2500),
+    );
+    let checkpoint = |fragment: &str| {
+        Command::AudioProgress(AudioCheckpoint {
+            fragment_number: fragment.into(),
+            origin_millis: Some(1),
+            covered_millis: 3000,
+        })
+    };
+    assert_eq!(
+        kinds(&when(&mut c, checkpoint("0012"))),
+        ["AudioCheckpoint"]
+    );
+    assert!(
+        when(&mut c, checkpoint("11")).is_empty(),
+        "an older fragment is not progress"
+    );
+    when(
+        &mut c,
+        Command::End(ContactEnded {
+            ended_at: Utc::now(),
+            reason: EndReason::Ended,
+        }),
+    );
+    // The audio is still being heard: its last words are taken, and no summary yet.
+    when(
+        &mut c,
+        heard("audio-agent-4000", Participant::Agent, 4000, 5200),
+    );
+    let audio = c.audio.clone().unwrap();
+    assert_eq!(audio.heard_until, [2500, 5200]);
+    assert_eq!(audio.checkpoint.unwrap().fragment_number, "0012");
+    assert!(
+        matches!(&c.due()[..], [Due::Sentiment { .. }, .., Due::Audio(_)]),
+        "{:?}",
+        c.due()
+    );
+    when(
+        &mut c,
+        Command::AudioEnd(AudioEnded {
+            reason: AudioEndReason::CallEnded,
+            fragment_number: Some("14".into()),
+        }),
+    );
+    assert!(
+        c.due().contains(&Due::Summary { version: 1 }),
+        "{:?}",
+        c.due()
+    );
+    assert!(!c.due().iter().any(|d| matches!(d, Due::Audio(_))));
+    assert!(
+        c.decide(checkpoint("15"), Utc::now()).is_err(),
+        "no audio reports after its end"
+    );
+    assert!(
+        c.decide(
+            heard("audio-agent-9000", Participant::Agent, 9000, 9500),
+            Utc::now()
+        )
+        .is_err()
+    );
+}

@@ -88,12 +88,67 @@ pub struct UtteranceReceived {
     pub redactions: crate::redaction::Counts,
 }
 
+/// The contact's audio is being read (from its media stream): until [`AudioEnded`], its
+/// utterances may come after its end, and its summary waits for the audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioStarted {
+    /// The Kinesis Video stream.
+    pub stream_arn: String,
+    /// Where reading began: the call's first fragment, when known (else the live edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_fragment_number: Option<String>,
+}
+
 /// The last audio fragment fully transcribed, so a restart resumes after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AudioCheckpoint {
     /// Kinesis Video fragment number.
     pub fragment_number: String,
+    /// The call's time zero: the absolute time of its first audio, ms since the Unix epoch
+    /// (absent in logs written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_millis: Option<i64>,
+    /// How far into the call the audio is fully heard, ms.
+    #[serde(default)]
+    pub covered_millis: u64,
+}
+
+/// Reading or transcribing the audio failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioStreamFailed {
+    /// What failed, in words (no such stream, malformed media, Transcribe refused, ...).
+    pub reason: String,
+    /// Whether the reader tries again (else the audio ends with this failure).
+    pub retrying: bool,
+    /// The last fragment read before it, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment_number: Option<String>,
+}
+
+/// Why a contact's audio ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AudioEndReason {
+    /// The call ended and its stream went quiet (or ended).
+    CallEnded,
+    /// The stream now carries another contact (Connect reuses streams).
+    ContactChanged,
+    /// A failure that trying again cannot mend.
+    Failed,
+}
+
+/// The contact's audio is over: everything heard is in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioEnded {
+    /// Why.
+    pub reason: AudioEndReason,
+    /// The last fragment read, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment_number: Option<String>,
 }
 
 /// The judgement of one utterance (or of several, coalesced under load).
@@ -298,7 +353,10 @@ pub struct ModelCallSkipped {
 pub enum Event {
     ContactStarted(ContactStarted),
     UtteranceReceived(UtteranceReceived),
+    AudioStarted(AudioStarted),
     AudioCheckpoint(AudioCheckpoint),
+    AudioStreamFailed(AudioStreamFailed),
+    AudioEnded(AudioEnded),
     SentimentAssessed(SentimentAssessed),
     SentimentChanged(SentimentChanged),
     EscalationRaised(EscalationRaised),
@@ -320,7 +378,10 @@ impl Event {
         match self {
             Event::ContactStarted(_) => "ContactStarted",
             Event::UtteranceReceived(_) => "UtteranceReceived",
+            Event::AudioStarted(_) => "AudioStarted",
             Event::AudioCheckpoint(_) => "AudioCheckpoint",
+            Event::AudioStreamFailed(_) => "AudioStreamFailed",
+            Event::AudioEnded(_) => "AudioEnded",
             Event::SentimentAssessed(_) => "SentimentAssessed",
             Event::SentimentChanged(_) => "SentimentChanged",
             Event::EscalationRaised(_) => "EscalationRaised",

@@ -27,7 +27,10 @@ pub fn fold(row: &mut ContactRow, event: &StoredEvent, body: &Event) {
         Event::SummaryGenerated(summary) => {
             row.summary_version = row.summary_version.max(summary.version);
         }
-        Event::AudioCheckpoint(_)
+        Event::AudioStarted(_)
+        | Event::AudioCheckpoint(_)
+        | Event::AudioStreamFailed(_)
+        | Event::AudioEnded(_)
         | Event::SentimentAssessed(_)
         | Event::EscalationCleared(_)
         | Event::AttributesUpdated(_)
