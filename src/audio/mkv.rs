@@ -81,6 +81,8 @@ pub struct FragmentReader {
     cluster_millis: i64,
     /// Nanoseconds per timestamp unit (Matroska's default: 1 ms).
     timestamp_scale: u64,
+    /// Whether the current fragment's cluster has begun (its trailing tags end it).
+    in_cluster: bool,
 }
 
 impl FragmentReader {
@@ -91,6 +93,7 @@ impl FragmentReader {
             MatroskaSpec::Ebml(Master::Start) | MatroskaSpec::Ebml(Master::Full(_)) => {
                 done = self.current.take();
                 self.current = Some(Fragment::default());
+                self.in_cluster = false;
                 self.cluster_millis = 0;
                 self.timestamp_scale = 1_000_000;
             }
@@ -116,7 +119,14 @@ impl FragmentReader {
                 for (name, value) in simple_tags(&children) {
                     self.tag(&name, value);
                 }
+                // Tags after the cluster close the fragment: hand it on now rather than
+                // when the next one begins (a second later, live).
+                if self.in_cluster {
+                    self.in_cluster = false;
+                    done = self.current.take();
+                }
             }
+            MatroskaSpec::Cluster(Master::Start) => self.in_cluster = true,
             MatroskaSpec::Tracks(Master::Full(children)) => {
                 let fragment = self.fragment();
                 for entry in &children {

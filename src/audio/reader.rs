@@ -243,6 +243,8 @@ impl AudioReader {
         pass: &mut Pass,
         mut payload: futures_util::stream::BoxStream<'static, Result<Bytes, AudioError>>,
     ) -> Read {
+        // Quiet is counted from when this payload opened, not from before the request.
+        pass.last_fragment_at = Instant::now();
         let (fragments_out, mut fragments) = mpsc::channel(QUEUED_FRAGMENTS);
         let demux = spawn_demux(fragments_out);
         let feeder = tokio::spawn(async move {

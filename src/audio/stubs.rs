@@ -315,6 +315,8 @@ pub struct KvsScript {
     pub session_fragments: Option<usize>,
     /// Time between fragments.
     pub pace: Duration,
+    /// Serve live instead: fragment `k` once second `k` after this time (epoch ms) is over.
+    pub live_from_millis: Option<u64>,
 }
 
 impl KvsStub {
@@ -424,11 +426,21 @@ fn get_media(script: &KvsScript, request: &Received) -> HttpResponse {
         "AWS_KINESISVIDEO_CONTINUATION_TOKEN",
         &token,
     )])));
-    let pace = script.pace;
-    let paced = futures_util::stream::iter(documents).then(move |document| async move {
-        tokio::time::sleep(pace).await;
-        Ok::<_, actix_web::Error>(document)
-    });
+    let (pace, live) = (script.pace, script.live_from_millis);
+    let paced = futures_util::stream::iter(documents.into_iter().enumerate()).then(
+        move |(i, document)| async move {
+            match live {
+                // Live: a fragment is there once its second has passed.
+                Some(origin) => {
+                    let due = origin as i64 + (from + i + 1) as i64 * 1000;
+                    let wait = due - chrono::Utc::now().timestamp_millis();
+                    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+                }
+                None => tokio::time::sleep(pace).await,
+            }
+            Ok::<_, actix_web::Error>(document)
+        },
+    );
     HttpResponse::Ok()
         .content_type("video/webm")
         .streaming(paced)

@@ -503,6 +503,7 @@ fn stub_call(session_fragments: Option<usize>, answers: Vec<Answer>, pace_ms: u6
         )]),
         session_fragments,
         pace: Duration::from_millis(pace_ms),
+        live_from_millis: None,
     };
     let kvs = KvsStub::start(script);
     let transcribe = TranscribeStub::start(vec![call.clone()], answers);
@@ -755,6 +756,7 @@ async fn a_missing_stream_corrupt_media_a_kms_error_and_a_refusal_are_clear_even
         ]),
         session_fragments: None,
         pace: Duration::from_millis(30),
+        live_from_millis: None,
     });
     let transcribe = TranscribeStub::start(vec![good.call.clone()], vec![]);
     let both = StubCall {
@@ -814,6 +816,7 @@ async fn a_stream_reused_by_the_next_contact_stops_at_the_contact_id_change() {
         streams: HashMap::from([(ARN.to_string(), fragments)]),
         session_fragments: None,
         pace: Duration::from_millis(30),
+        live_from_millis: None,
     });
     let transcribe = TranscribeStub::start(vec![first.clone(), next], vec![]);
     let stubs = StubCall {
@@ -984,4 +987,101 @@ async fn demux_throughput() {
         seconds as f64 / cpu.as_secs_f64().max(0.01),
         crate::app::bench::build_kind()
     );
+}
+
+/// Lag from the end of each spoken line to its utterance: 20 calls at once, their media
+/// served live (a fragment once its second is over), Transcribe's stub answering a final
+/// once it has heard 0.7 s of silence after the speech. `cargo test --lib audio::tests::utterance_lag -- --ignored --nocapture`
+#[actix_rt::test]
+#[ignore = "a benchmark: run by hand, figures in docs/BENCHMARKS.md"]
+async fn utterance_lag() {
+    let calls = 20;
+    let call = call();
+    // The calls begin as the benchmark does: their media is served live from then on.
+    let origin = chrono::Utc::now().timestamp_millis() as u64;
+    let streams = (0..calls)
+        .map(|i| {
+            let arn = format!("{ARN}-{i}");
+            (arn, call.fragments(&format!("contact-{i}"), 0, origin))
+        })
+        .collect();
+    let kvs = KvsStub::start(KvsScript {
+        streams,
+        session_fragments: None,
+        pace: Duration::from_secs(1),
+        live_from_millis: Some(origin),
+    });
+    let transcribe = TranscribeStub::start(vec![call.clone()], vec![]);
+    let stubs = StubCall {
+        config: stub_config(&kvs, &transcribe),
+        kvs,
+        transcribe,
+        call,
+    };
+    let services = stubs.services().await;
+    let seconds = stubs.call.fragments("", 0, 0).len() as u64;
+    let readers = (0..calls).map(|i| {
+        let services = services.clone();
+        async move {
+            let reports = Arc::new(Reports::default());
+            // ENDED comes a second after the call's last audio.
+            let (ended, call_ended) = watch::channel(false);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(seconds + 1)).await;
+                ended.send_replace(true);
+            });
+            let progress = reports.progress(&format!("{ARN}-{i}"), first_fragment());
+            let sink = Arc::new(Timed(reports.clone(), Mutex::new(Vec::new())));
+            AudioReader::new(
+                services,
+                format!("contact-{i}"),
+                &progress,
+                call_ended,
+                sink.clone(),
+            )
+            .run()
+            .await;
+            assert_eq!(reports.said().len(), 4, "{:?}", reports.all());
+            sink.lags()
+        }
+    });
+    let mut lags: Vec<i64> = futures_util::future::join_all(readers)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|(at, end)| at - (origin as i64 + end as i64))
+        .collect();
+    lags.sort_unstable();
+    let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{} utterances of {calls} live calls: lag p50 {} ms, p99 {} ms, max {} ms ({} build)",
+        lags.len(),
+        at(0.5),
+        at(0.99),
+        lags.last().unwrap(),
+        crate::app::bench::build_kind()
+    );
+}
+
+/// Notes when each utterance is reported (epoch ms) and where it ends in the call.
+struct Timed(Arc<Reports>, Mutex<Vec<(i64, u64)>>);
+
+impl Timed {
+    fn lags(&self) -> Vec<(i64, u64)> {
+        self.1.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl AudioSink for Timed {
+    async fn report(&self, report: AudioReport) -> Result<(), String> {
+        if let AudioReport::Heard { utterance, .. } = &report {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.1
+                .lock()
+                .unwrap()
+                .push((now, utterance.end_offset_millis.unwrap()));
+        }
+        self.0.report(report).await
+    }
 }
