@@ -105,8 +105,6 @@ pub struct Heard {
     pub partial: bool,
     /// What was said.
     pub text: String,
-    /// Mean word confidence, when the recogniser gives one.
-    pub confidence: Option<f64>,
 }
 
 /// An open recognition session: stereo s16le chunks in (closing the sender ends the audio),

@@ -376,13 +376,9 @@ impl AudioReader {
         if heard.text.is_empty() || begin < self.heard_until[channel] {
             return;
         }
-        let redacted = self.services.redactor.redact(&heard.text);
-        for (kind, n) in &redacted.counts {
-            metrics()
-                .pii_redacted
-                .with_label_values(&[kind.as_str()])
-                .inc_by(u64::from(*n));
-        }
+        let mut text = heard.text;
+        let redactions = self.services.redactor.redact_in_place(&mut text);
+        crate::redaction::count_in_metrics(&redactions);
         let (participant, side) = if channel == 0 {
             (Participant::Customer, "customer")
         } else {
@@ -394,10 +390,10 @@ impl AudioReader {
             utterance: UtteranceReceived {
                 segment_id,
                 participant,
-                text: redacted.text,
+                text,
                 begin_offset_millis: Some(begin),
                 end_offset_millis: Some(end),
-                redactions: redacted.counts,
+                redactions,
             },
         })
         .await;

@@ -207,7 +207,6 @@ impl Recogniser for FakeRecogniser {
                     end_secs: end as f64 / f64::from(sample_rate),
                     partial: false,
                     text: format!("w{level}"),
-                    confidence: None,
                 }
             };
             while let Some(chunk) = chunks.recv().await {

@@ -96,11 +96,6 @@ impl Recogniser for Transcribe {
 fn heard_of(result: &aws_sdk_transcribestreaming::types::Result) -> Option<Heard> {
     let best = result.alternatives().first()?;
     let text = best.transcript()?.trim().to_string();
-    let words: Vec<f64> = best
-        .items()
-        .iter()
-        .filter_map(|item| item.confidence())
-        .collect();
     Some(Heard {
         channel: match result.channel_id() {
             Some("ch_1") => 1,
@@ -111,7 +106,6 @@ fn heard_of(result: &aws_sdk_transcribestreaming::types::Result) -> Option<Heard
         end_secs: result.end_time(),
         partial: result.is_partial(),
         text,
-        confidence: (!words.is_empty()).then(|| words.iter().sum::<f64>() / words.len() as f64),
     })
 }
 

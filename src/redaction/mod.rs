@@ -71,6 +71,16 @@ impl fmt::Display for PiiKind {
 /// How many values of each kind a text lost.
 pub type Counts = BTreeMap<PiiKind, u32>;
 
+/// Adds `counts` to the `pii_redacted_total` metric.
+pub fn count_in_metrics(counts: &Counts) {
+    for (kind, n) in counts {
+        crate::metrics::metrics()
+            .pii_redacted
+            .with_label_values(&[kind.as_str()])
+            .inc_by(u64::from(*n));
+    }
+}
+
 /// The `[redaction]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -344,12 +344,7 @@ impl LineReader {
             }
             Record::Segment(s) => {
                 s.redactions = self.redactor.redact_in_place(&mut s.transcript);
-                for (kind, n) in &s.redactions {
-                    metrics()
-                        .pii_redacted
-                        .with_label_values(&[kind.as_str()])
-                        .inc_by(u64::from(*n));
-                }
+                crate::redaction::count_in_metrics(&s.redactions);
                 match &s.segment_id {
                     Some(id) => format!("seg:{id}"),
                     None => {
