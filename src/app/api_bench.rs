@@ -42,8 +42,8 @@ pub struct ApiBenchReport {
     pub contacts: usize,
     /// CPU cores available (server and client share them).
     pub cores: usize,
-    /// `release` or `dev`.
-    pub build: &'static str,
+    /// `release` or `dev`, and the opt-level.
+    pub build: String,
     /// `GET /api/contacts` (first page of 100).
     pub first_page: Latency,
     /// `GET /api/contacts?escalated=true&sentiment=NEGATIVE`.

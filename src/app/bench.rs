@@ -181,14 +181,16 @@ pub async fn model(
     })
 }
 
-/// How this binary was built: `release`, or `dev` (debug assertions on; the dev profile
-/// optimises only the dependencies unless `CARGO_PROFILE_DEV_OPT_LEVEL` says otherwise).
-pub fn build_kind() -> &'static str {
-    if cfg!(debug_assertions) {
+/// How this binary was built: `release`, or `dev` (debug assertions on), with callpulse's
+/// own opt-level (the dev profile optimises only the dependencies unless
+/// `CARGO_PROFILE_DEV_OPT_LEVEL` says otherwise).
+pub fn build_kind() -> String {
+    let kind = if cfg!(debug_assertions) {
         "dev"
     } else {
         "release"
-    }
+    };
+    format!("{kind}, opt-level {}", env!("CALLPULSE_OPT_LEVEL"))
 }
 
 /// Peak resident set size of this process (VmHWM), MiB; 0 where /proc is unavailable.

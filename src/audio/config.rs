@@ -62,6 +62,10 @@ pub struct AudioConfig {
     pub checkpoint_secs: u64,
     /// Once the call has ended, the audio ends when no fragment has come for this long, s.
     pub drain_secs: u64,
+    /// A customer speaking this long without a pause is recorded (and judged) in pieces of
+    /// at least this many seconds of stable words before they stop, from partial results;
+    /// 0 = off: only final results become utterances, s.
+    pub early_sentiment_secs: u64,
     /// Region and endpoint of Kinesis Video Streams.
     pub kvs: AwsEndpoint,
     /// `[audio.transcribe]`.
@@ -78,6 +82,7 @@ impl Default for AudioConfig {
             max_session_minutes: 230,
             checkpoint_secs: 30,
             drain_secs: 5,
+            early_sentiment_secs: 0,
             kvs: AwsEndpoint::default(),
             transcribe: TranscribeConfig::default(),
         }

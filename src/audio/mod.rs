@@ -11,6 +11,7 @@ pub mod config;
 pub mod kvs;
 pub mod mix;
 pub mod mkv;
+pub mod pieces;
 pub mod reader;
 #[cfg(test)]
 pub(crate) mod stubs;
@@ -105,6 +106,23 @@ pub struct Heard {
     pub partial: bool,
     /// What was said.
     pub text: String,
+    /// Its words, with their times; empty where the recogniser gives none.
+    pub words: Vec<Word>,
+}
+
+/// One word (or punctuation mark) of a result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word as said, or the mark.
+    pub text: String,
+    /// Start, seconds of the session's audio.
+    pub start_secs: f64,
+    /// End, seconds of the session's audio.
+    pub end_secs: f64,
+    /// A punctuation mark: written after the word before it, without a space.
+    pub punctuation: bool,
+    /// Later results will not change it (partial-results stabilization).
+    pub stable: bool,
 }
 
 /// An open recognition session: stereo s16le chunks in (closing the sender ends the audio),

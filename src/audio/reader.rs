@@ -5,9 +5,12 @@
 //! (the contact's actor, which makes each report durable before it answers).
 //!
 //! - Nothing twice: an utterance's segment id is its side and its start in the call
-//!   (`audio-customer-12340`), and a result that starts before the end of the last one
-//!   recorded for its side is dropped, so the audio heard again after a restart, a failure
-//!   or a rollover adds nothing already in the log.
+//!   (`audio-customer-12340`), and the words of a result that start before the end of the
+//!   last utterance recorded for its side are dropped, so the audio heard again after a
+//!   restart, a failure or a rollover adds nothing already in the log.
+//! - Early where asked: a customer speaking on without a pause is recorded in pieces of
+//!   stable words (`[audio] early_sentiment_secs`), each judged as it comes; the final
+//!   result then adds only the words after them.
 //! - Nothing lost: a checkpoint names the last fragment that ends before every open partial
 //!   result and [`COVER_MARGIN_MS`] before the audio sent; resuming there hears again any
 //!   speech not yet final.
@@ -28,7 +31,7 @@ use tokio_util::bytes::Bytes;
 
 use super::mix::{Chunk, Mixer};
 use super::mkv::{Fragment, fragment_order, spawn_demux};
-use super::{AudioError, AudioServices, Heard, StartAt};
+use super::{AudioError, AudioServices, Heard, StartAt, pieces};
 use crate::backoff::backoff;
 use crate::events::contact::AudioProgress;
 use crate::events::{
@@ -359,24 +362,70 @@ impl AudioReader {
         session.send(Bytes::from(chunk.pcm)).await
     }
 
-    /// A recogniser's result: a final one becomes an utterance (unless already recorded).
+    /// A recogniser's result: the words of a final one not yet recorded become an
+    /// utterance, and so does a long stable stretch of a customer's partial one where
+    /// `[audio] early_sentiment_secs` asks for it.
     async fn take_heard(&mut self, pass: &mut Pass, heard: Heard) {
         let Some(session) = pass.session.as_mut() else {
             return;
         };
-        let key = (heard.channel, heard.result_id.clone());
-        if heard.partial {
-            session.open_partials.insert(key, heard.start_secs);
-            return;
-        }
-        session.open_partials.remove(&key);
         let channel = heard.channel.min(1);
-        let begin = session.call_millis(heard.start_secs);
-        let end = session.call_millis(heard.end_secs).max(begin);
-        if heard.text.is_empty() || begin < self.heard_until[channel] {
-            return;
-        }
-        let mut text = heard.text;
+        let key = (heard.channel, heard.result_id.clone());
+        let until = self.heard_until[channel];
+        let piece = if heard.partial {
+            session.open_partials.insert(key.clone(), heard.start_secs);
+            let early_secs = self.services.config.early_sentiment_secs;
+            if channel != 0 || early_secs == 0 {
+                return;
+            }
+            let delivered = session.delivered.get(&key).copied().unwrap_or(0);
+            let stable = delivered + pieces::stable_after(&heard.words, delivered);
+            let fresh = pieces::new_words(&heard.words[..stable], delivered, |start| {
+                session.call_millis(start) >= until
+            });
+            match pieces::piece_of(&fresh) {
+                Some(piece) if pieces::long_enough(&piece, early_secs as f64) => {
+                    session.delivered.insert(key, stable);
+                    piece
+                }
+                // Heard again after a restart: already in the log.
+                None if stable > delivered => {
+                    session.delivered.insert(key, stable);
+                    return;
+                }
+                _ => return,
+            }
+        } else {
+            session.open_partials.remove(&key);
+            let delivered = session.delivered.remove(&key).unwrap_or(0);
+            let is_new = |start| session.call_millis(start) >= until;
+            let fresh = pieces::new_words(&heard.words, delivered, is_new);
+            if heard.words.is_empty() || fresh.len() == heard.words.len() {
+                // All of it: as the recogniser wrote it (a recogniser without word times
+                // gives it whole, unless it starts before the last one recorded).
+                if heard.text.is_empty() || !is_new(heard.start_secs) {
+                    return;
+                }
+                pieces::Piece {
+                    start_secs: heard.start_secs,
+                    end_secs: heard.end_secs,
+                    text: heard.text,
+                }
+            } else {
+                let Some(piece) = pieces::piece_of(&fresh) else {
+                    return;
+                };
+                piece
+            }
+        };
+        let begin = session.call_millis(piece.start_secs);
+        let end = session.call_millis(piece.end_secs).max(begin);
+        self.record(pass, channel, begin, end, piece.text).await;
+    }
+
+    /// Records what `channel` said from `begin` to `end` (call ms) as an utterance.
+    async fn record(&mut self, pass: &Pass, channel: usize, begin: u64, end: u64, text: String) {
+        let mut text = text;
         let redactions = self.services.redactor.redact_in_place(&mut text);
         crate::redaction::count_in_metrics(&redactions);
         let (participant, side) = if channel == 0 {
@@ -583,6 +632,8 @@ struct OpenSession {
     timeline: Vec<(u64, u64)>,
     /// Partial results not yet final: (channel, result id) → start, session seconds.
     open_partials: HashMap<(usize, String), f64>,
+    /// Words of open results already recorded early: (channel, result id) → how many.
+    delivered: HashMap<(usize, String), usize>,
 }
 
 impl OpenSession {
@@ -597,6 +648,7 @@ impl OpenSession {
             expected_call_millis: None,
             timeline: Vec::new(),
             open_partials: HashMap::new(),
+            delivered: HashMap::new(),
         }
     }
 

@@ -107,14 +107,18 @@ impl CallAudio {
                 let number = fragment_number(first + i);
                 let at_millis = origin_millis + (i * 1000) as u64;
                 let bytes = connect_fragment(&number, at_millis, contact_id, customer, agent);
-                StubFragment { number, bytes }
+                StubFragment {
+                    number,
+                    at_millis,
+                    bytes,
+                }
             })
             .collect()
     }
 }
 
 /// `text` spoken by espeak-ng (a male voice for the customer, a female one for the agent),
-/// as 8 kHz s16 samples (resampled by sox).
+/// as 8 kHz s16 samples (resampled by sox), without the silence around it.
 fn espeak(channel: usize, text: &str) -> Vec<i16> {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let wav = dir.path().join("line.wav");
@@ -144,10 +148,16 @@ fn espeak(channel: usize, text: &str) -> Vec<i16> {
         .output()
         .expect("sox (apt install sox)");
     assert!(raw.status.success(), "sox failed");
-    raw.stdout
+    let samples: Vec<i16> = raw
+        .stdout
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
+        .collect();
+    // The speech itself: a line's extent is where its words are.
+    let voiced = |s: &i16| s.unsigned_abs() > VOICED as u16;
+    let first = samples.iter().position(voiced).unwrap_or(0);
+    let last = samples.iter().rposition(voiced).map_or(0, |i| i + 1);
+    samples[first..last.max(first)].to_vec()
 }
 
 /// A fragment number in KVS's style (decimal, longer than a `u64`).
@@ -160,6 +170,9 @@ pub fn fragment_number(index: usize) -> String {
 pub struct StubFragment {
     /// Its fragment number.
     pub number: String,
+    /// When its second of audio begins, epoch ms (served live, it comes once that second
+    /// is over).
+    pub at_millis: u64,
     /// Its MKV document.
     pub bytes: Vec<u8>,
 }
@@ -315,8 +328,8 @@ pub struct KvsScript {
     pub session_fragments: Option<usize>,
     /// Time between fragments.
     pub pace: Duration,
-    /// Serve live instead: fragment `k` once second `k` after this time (epoch ms) is over.
-    pub live_from_millis: Option<u64>,
+    /// Serve live instead: each fragment once its second of audio is over.
+    pub live: bool,
 }
 
 impl KvsStub {
@@ -417,30 +430,32 @@ fn get_media(script: &KvsScript, request: &Received) -> HttpResponse {
     let to = fragments
         .len()
         .min(from.saturating_add(script.session_fragments.unwrap_or(usize::MAX)));
-    let mut documents: Vec<Bytes> = fragments[from.min(to)..to]
+    // Each document with when it is due, epoch ms (none: after `pace`).
+    let live = |f: &StubFragment| script.live.then_some(f.at_millis + 1000);
+    let mut documents: Vec<(Option<u64>, Bytes)> = fragments[from.min(to)..to]
         .iter()
-        .map(|f| Bytes::from(f.bytes.clone()))
+        .map(|f| (live(f), Bytes::from(f.bytes.clone())))
         .collect();
     let token = format!("ct-{to}");
-    documents.push(Bytes::from(tags_only(&[(
-        "AWS_KINESISVIDEO_CONTINUATION_TOKEN",
-        &token,
-    )])));
-    let (pace, live) = (script.pace, script.live_from_millis);
-    let paced = futures_util::stream::iter(documents.into_iter().enumerate()).then(
-        move |(i, document)| async move {
-            match live {
-                // Live: a fragment is there once its second has passed.
-                Some(origin) => {
-                    let due = origin as i64 + (from + i + 1) as i64 * 1000;
-                    let wait = due - chrono::Utc::now().timestamp_millis();
-                    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
-                }
-                None => tokio::time::sleep(pace).await,
-            }
-            Ok::<_, actix_web::Error>(document)
-        },
-    );
+    let due = documents.last().and_then(|(due, _)| *due);
+    documents.push((
+        due,
+        Bytes::from(tags_only(&[(
+            "AWS_KINESISVIDEO_CONTINUATION_TOKEN",
+            &token,
+        )])),
+    ));
+    let pace = script.pace;
+    let paced = futures_util::stream::iter(documents).then(move |(due, document)| async move {
+        let wait = match due {
+            Some(due) => Duration::from_millis(
+                (due as i64 - chrono::Utc::now().timestamp_millis()).max(0) as u64,
+            ),
+            None => pace,
+        };
+        tokio::time::sleep(wait).await;
+        Ok::<_, actix_web::Error>(document)
+    });
     HttpResponse::Ok()
         .content_type("video/webm")
         .streaming(paced)
@@ -684,6 +699,8 @@ fn exception(kind: &str, message: &str) -> Message {
 /// A result being heard on one channel.
 struct Open {
     line: usize,
+    /// Samples of the line said before this session heard it (a session started mid-line).
+    skipped: usize,
     result_id: String,
     /// Session samples where it starts, and where its last voiced sample is.
     start: usize,
@@ -759,10 +776,11 @@ impl<'a> Recognition<'a> {
             if samples.len() >= FINGERPRINT {
                 let (start, samples) = (*start, std::mem::take(samples));
                 self.pending[channel] = None;
-                if let Some(line) = self.locate(channel, &samples) {
+                if let Some((line, skipped)) = self.locate(channel, &samples) {
                     self.results += 1;
                     self.open[channel] = Some(Open {
                         line,
+                        skipped,
                         result_id: format!("stub-{}", self.results),
                         start,
                         last_voiced: at,
@@ -777,8 +795,9 @@ impl<'a> Recognition<'a> {
         }
     }
 
-    /// The line (index over all calls' lines) whose audio holds `samples` on `channel`.
-    fn locate(&self, channel: usize, samples: &[i16]) -> Option<usize> {
+    /// The line (index over all calls' lines) whose audio holds `samples` on `channel`, and
+    /// how far into the line they are, samples.
+    fn locate(&self, channel: usize, samples: &[i16]) -> Option<(usize, usize)> {
         let mut index = 0;
         for call in self.calls {
             let track = if channel == 0 {
@@ -791,7 +810,7 @@ impl<'a> Recognition<'a> {
                     .lines
                     .iter()
                     .position(|l| l.channel == channel && l.start <= at && at < l.end)
-                    .map(|i| index + i);
+                    .map(|i| (index + i, at - call.lines[i].start));
             }
             index += call.lines.len();
         }
@@ -815,17 +834,34 @@ impl<'a> Recognition<'a> {
         let line = self.line(open.line);
         let start = open.start as f64 / RATE as f64;
         let end = (open.last_voiced + 1) as f64 / RATE as f64;
+        // Words evenly over the line's length; a session that began mid-line hears the
+        // words from the one it began in. A partial's last word may still change.
         let words: Vec<&str> = line.text.split_whitespace().collect();
+        let word_samples = (line.end - line.start) / words.len().max(1);
+        let first = (open.skipped / word_samples.max(1)).min(words.len());
         let said = if partial {
-            let heard = open.partials.min(words.len());
-            words[..heard].join(" ")
+            &words[first..(first + open.partials).min(words.len())]
         } else {
-            line.text.clone()
+            &words[first..]
         };
         let items: Vec<serde_json::Value> = said
-            .split_whitespace()
-            .map(|w| serde_json::json!({"Content": w, "Type": "pronunciation", "StartTime": start, "EndTime": end, "Confidence": 0.9}))
+            .iter()
+            .enumerate()
+            .map(|(k, w)| {
+                let into_line = (first + k) * word_samples;
+                let at = (open.start + into_line)
+                    .saturating_sub(open.skipped)
+                    .max(open.start);
+                let (at, to) = (
+                    at as f64 / RATE as f64,
+                    (at + word_samples) as f64 / RATE as f64,
+                );
+                serde_json::json!({"Content": w, "Type": "pronunciation", "StartTime": at,
+                    "EndTime": to, "Confidence": 0.9,
+                    "Stable": !partial || k + 1 < said.len()})
+            })
             .collect();
+        let said = said.join(" ");
         let transcript = serde_json::json!({"Transcript": {"Results": [{
             "ResultId": open.result_id,
             "StartTime": start,

@@ -206,6 +206,7 @@ impl Recogniser for FakeRecogniser {
                     start_secs: start as f64 / f64::from(sample_rate),
                     end_secs: end as f64 / f64::from(sample_rate),
                     partial: false,
+                    words: Vec::new(),
                     text: format!("w{level}"),
                 }
             };
@@ -494,7 +495,16 @@ struct StubCall {
 const ARN: &str = "arn:aws:kinesisvideo:us-east-1:111122223333:stream/connect-contact-1/1";
 
 fn stub_call(session_fragments: Option<usize>, answers: Vec<Answer>, pace_ms: u64) -> StubCall {
-    let call = call();
+    stub_call_of(call(), session_fragments, answers, pace_ms)
+}
+
+/// [`stub_call`] for `call`.
+fn stub_call_of(
+    call: CallAudio,
+    session_fragments: Option<usize>,
+    answers: Vec<Answer>,
+    pace_ms: u64,
+) -> StubCall {
     let script = KvsScript {
         streams: HashMap::from([(
             ARN.to_string(),
@@ -502,7 +512,7 @@ fn stub_call(session_fragments: Option<usize>, answers: Vec<Answer>, pace_ms: u6
         )]),
         session_fragments,
         pace: Duration::from_millis(pace_ms),
-        live_from_millis: None,
+        live: false,
     };
     let kvs = KvsStub::start(script);
     let transcribe = TranscribeStub::start(vec![call.clone()], answers);
@@ -666,6 +676,100 @@ async fn a_restart_mid_call_resumes_from_its_checkpoint_and_repeats_no_utterance
     stubs.assert_sent_as_transcribe_expects();
 }
 
+/// What the customer says on and on, and the call it is in.
+fn long_complaint() -> (&'static str, CallAudio) {
+    let complaint = "I have called four times about this broken boiler and every single time \
+        you promise me an engineer and nobody ever comes so I want it fixed today";
+    let call = CallAudio::speak(
+        &[
+            (1, "How can I help?"),
+            (0, complaint),
+            (1, "I am so sorry."),
+        ],
+        900,
+    );
+    (complaint, call)
+}
+
+#[actix_rt::test]
+async fn a_customer_speaking_on_is_heard_in_stable_pieces_before_the_end_and_once_after_a_restart()
+{
+    let (complaint, call) = long_complaint();
+    let mut stubs = stub_call_of(call, None, vec![], 30);
+    stubs.config.early_sentiment_secs = 3;
+    let reports = stubs.read_call().await;
+
+    let customer: Vec<(String, u64)> = reports
+        .said()
+        .into_iter()
+        .filter(|(who, ..)| *who == Participant::Customer)
+        .map(|(_, text, begin)| (text, begin))
+        .collect();
+    assert!(customer.len() >= 2, "heard in pieces: {customer:?}");
+    let words: Vec<&str> = customer.iter().map(|(text, _)| text.as_str()).collect();
+    assert_eq!(words.join(" "), complaint, "every word once, in order");
+    assert!(customer.windows(2).all(|w| w[0].1 < w[1].1));
+    // The first piece ends seconds before the customer stops: it came from a partial.
+    let line = &stubs.call.lines[1];
+    let first_end = reports
+        .all()
+        .into_iter()
+        .find_map(|r| match r {
+            AudioReport::Heard { utterance, .. }
+                if utterance.participant == Participant::Customer =>
+            {
+                utterance.end_offset_millis
+            }
+            _ => None,
+        })
+        .unwrap();
+    let stops = (line.end * 1000 / RATE) as u64;
+    assert!(
+        first_end + 2_000 < stops,
+        "first piece ends at {first_end} ms, speech at {stops}"
+    );
+    // The agent is heard as before.
+    let agent: Vec<String> = reports
+        .said()
+        .into_iter()
+        .filter(|(who, ..)| *who == Participant::Agent)
+        .map(|(_, text, _)| text)
+        .collect();
+    assert_eq!(agent, ["How can I help?", "I am so sorry."]);
+
+    // Restarted after its first piece, from a checkpoint before the complaint began: the
+    // complaint is heard again, and only the words after that piece are added.
+    let crashed = Reports::default();
+    for report in reports.all() {
+        let first_piece = matches!(&report, AudioReport::Heard { utterance, .. }
+            if utterance.participant == Participant::Customer);
+        crashed.report(report).await.unwrap();
+        if first_piece {
+            break;
+        }
+    }
+    let mut resumed_from = crashed.progress(ARN, first_fragment());
+    resumed_from.checkpoint = Some(AudioCheckpoint {
+        fragment_number: fragment_number(1),
+        origin_millis: Some(ORIGIN_MILLIS as i64),
+        covered_millis: 2_000,
+    });
+    assert!(
+        line.start * 1000 / RATE > 2_000,
+        "the checkpoint is before the complaint"
+    );
+    let again = stubs.read("contact-1", &resumed_from).await;
+    let mut all: Vec<String> = crashed
+        .said()
+        .into_iter()
+        .chain(again.said())
+        .filter(|(who, ..)| *who == Participant::Customer)
+        .map(|(_, text, _)| text)
+        .collect();
+    assert!(all.len() >= 2, "{all:?}");
+    assert_eq!(std::mem::take(&mut all).join(" "), complaint);
+}
+
 #[actix_rt::test]
 async fn a_kvs_session_ending_mid_call_goes_on_from_its_continuation_token() {
     let stubs = stub_call(Some(4), vec![], 30);
@@ -738,6 +842,7 @@ async fn a_missing_stream_corrupt_media_a_kms_error_and_a_refusal_are_clear_even
     undecryptable.truncate(2);
     undecryptable.push(super::stubs::StubFragment {
         number: fragment_number(2),
+        at_millis: ORIGIN_MILLIS + 2000,
         bytes: tags_only(&[
             ("AWS_KINESISVIDEO_ERROR_CODE", "KMS_KEY_ACCESS_DENIED"),
             ("AWS_KINESISVIDEO_ERROR_ID", "4500"),
@@ -755,7 +860,7 @@ async fn a_missing_stream_corrupt_media_a_kms_error_and_a_refusal_are_clear_even
         ]),
         session_fragments: None,
         pace: Duration::from_millis(30),
-        live_from_millis: None,
+        live: false,
     });
     let transcribe = TranscribeStub::start(vec![good.call.clone()], vec![]);
     let both = StubCall {
@@ -815,7 +920,7 @@ async fn a_stream_reused_by_the_next_contact_stops_at_the_contact_id_change() {
         streams: HashMap::from([(ARN.to_string(), fragments)]),
         session_fragments: None,
         pace: Duration::from_millis(30),
-        live_from_millis: None,
+        live: false,
     });
     let transcribe = TranscribeStub::start(vec![first.clone(), next], vec![]);
     let stubs = StubCall {
@@ -934,7 +1039,11 @@ async fn a_started_record_with_a_media_stream_is_heard_judged_and_summarised() {
 
 /// This process's CPU time (user and system, all threads), from /proc.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// The user and system time of a `/proc/.../stat` line.
+fn cpu_of(stat: &str) -> Duration {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or("", |(_, rest)| rest)
@@ -988,78 +1097,154 @@ async fn demux_throughput() {
     );
 }
 
-/// Lag from the end of each spoken line to its utterance: 20 calls at once, their media
-/// served live (a fragment once its second is over), Transcribe's stub answering a final
-/// once it has heard 0.7 s of silence after the speech. `cargo test --lib audio::tests::utterance_lag -- --ignored --nocapture`
+/// Live calls one worker carries: `CALLS` calls at once (20 unless set), their starts spread
+/// over a second, their media served live (a fragment once its second is over), Transcribe's
+/// stub answering a final once it has heard 0.7 s of silence after the speech. Reports the lag
+/// from the end of each spoken line to its utterance, the CPU the readers used apart from the
+/// stubs' (which run in this process too), and peak memory.
+/// `CALLS=1000 cargo test --lib audio::tests::live_calls -- --ignored --nocapture`
 #[actix_rt::test]
 #[ignore = "a benchmark: run by hand, figures in docs/BENCHMARKS.md"]
-async fn utterance_lag() {
-    let calls = 20;
+async fn live_calls() {
+    let calls: usize = std::env::var("CALLS").map_or(20, |n| n.parse().expect("CALLS: a number"));
     let call = call();
-    // The calls begin as the benchmark does: their media is served live from then on.
-    let origin = chrono::Utc::now().timestamp_millis() as u64;
-    let streams = (0..calls)
+    let seconds = call.fragments("", 0, 0).len() as u64;
+    // The calls begin as the benchmark does: call i a little after call i - 1.
+    let begins = chrono::Utc::now().timestamp_millis() as u64 + 1000;
+    let origin = move |i: usize| begins + (i * 1000 / calls) as u64;
+    let streams: HashMap<String, _> = (0..calls)
         .map(|i| {
-            let arn = format!("{ARN}-{i}");
-            (arn, call.fragments(&format!("contact-{i}"), 0, origin))
+            let fragments = call.fragments(&format!("contact-{i}"), 0, origin(i));
+            (format!("{ARN}-{i}"), fragments)
         })
         .collect();
+    let media_bytes: usize = streams.values().flatten().map(|f| f.bytes.len()).sum();
     let kvs = KvsStub::start(KvsScript {
         streams,
         session_fragments: None,
-        pace: Duration::from_secs(1),
-        live_from_millis: Some(origin),
+        pace: Duration::ZERO,
+        live: true,
     });
     let transcribe = TranscribeStub::start(vec![call.clone()], vec![]);
+    let mut config = stub_config(&kvs, &transcribe);
+    config.max_streams = calls;
     let stubs = StubCall {
-        config: stub_config(&kvs, &transcribe),
+        config,
         kvs,
         transcribe,
         call,
     };
     let services = stubs.services().await;
-    let seconds = stubs.call.fragments("", 0, 0).len() as u64;
+    // The readers run on arbiters, one per core, as contact actors do.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arbiters: Vec<actix::Arbiter> = (0..cores).map(|_| actix::Arbiter::new()).collect();
+    let reader_threads = futures_util::future::join_all(arbiters.iter().map(|arbiter| {
+        let (tx, id) = tokio::sync::oneshot::channel();
+        arbiter.spawn_fn(move || drop(tx.send(thread_id())));
+        id
+    }))
+    .await
+    .into_iter()
+    .map(|id| id.expect("an arbiter's thread id"))
+    .collect::<Vec<_>>();
+    let started = cpu_time();
     let readers = (0..calls).map(|i| {
         let services = services.clone();
-        async move {
-            let reports = Arc::new(Reports::default());
-            // ENDED comes a second after the call's last audio.
-            let (ended, call_ended) = watch::channel(false);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(seconds + 1)).await;
-                ended.send_replace(true);
+        let (done, result) = tokio::sync::oneshot::channel();
+        arbiters[i % cores].spawn_fn(move || {
+            actix::spawn(async move {
+                let reports = Arc::new(Reports::default());
+                // ENDED comes a second after the call's last audio.
+                let (ended, call_ended) = watch::channel(false);
+                let end_at = origin(i) + (seconds + 1) * 1000;
+                tokio::spawn(async move {
+                    let now = chrono::Utc::now().timestamp_millis() as u64;
+                    tokio::time::sleep(Duration::from_millis(end_at.saturating_sub(now))).await;
+                    ended.send_replace(true);
+                });
+                let progress = reports.progress(&format!("{ARN}-{i}"), first_fragment());
+                let sink = Arc::new(Timed(reports.clone(), Mutex::new(Vec::new())));
+                AudioReader::new(
+                    services,
+                    format!("contact-{i}"),
+                    &progress,
+                    call_ended,
+                    sink.clone(),
+                )
+                .run()
+                .await;
+                let lags: Vec<i64> = sink
+                    .lags()
+                    .into_iter()
+                    .map(|(at, end)| at - (origin(i) + end) as i64)
+                    .collect();
+                let _ = done.send((reports.said().len(), lags));
             });
-            let progress = reports.progress(&format!("{ARN}-{i}"), first_fragment());
-            let sink = Arc::new(Timed(reports.clone(), Mutex::new(Vec::new())));
-            AudioReader::new(
-                services,
-                format!("contact-{i}"),
-                &progress,
-                call_ended,
-                sink.clone(),
-            )
-            .run()
-            .await;
-            assert_eq!(reports.said().len(), 4, "{:?}", reports.all());
-            sink.lags()
-        }
+        });
+        result
     });
-    let mut lags: Vec<i64> = futures_util::future::join_all(readers)
-        .await
+    let heard = futures_util::future::join_all(readers).await;
+    // The stubs' servers run on actix threads of their own.
+    let stub_threads: Vec<String> = threads()
         .into_iter()
-        .flatten()
-        .map(|(at, end)| at - (origin as i64 + end as i64))
+        .filter(|(id, name)| name.starts_with("actix-") && !reader_threads.contains(id))
+        .map(|(id, _)| id)
         .collect();
+    let (cpu, stub_cpu) = (cpu_time() - started, threads_cpu_time(&stub_threads));
+    let wall = Duration::from_millis(
+        (chrono::Utc::now().timestamp_millis() as u64).saturating_sub(begins),
+    );
+    let whole = heard.iter().filter(|h| h.as_ref().unwrap().0 == 4).count();
+    let mut lags: Vec<i64> = heard.into_iter().flat_map(|h| h.unwrap().1).collect();
     lags.sort_unstable();
     let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
+    let core_share = |cpu: Duration| 100.0 * cpu.as_secs_f64() / wall.as_secs_f64();
     println!(
-        "{} utterances of {calls} live calls: lag p50 {} ms, p99 {} ms, max {} ms ({} build)",
+        "{calls} live calls of {seconds} s ({} build, {cores} cores): {whole} heard whole, {} utterances; \
+         lag p50 {} ms, p99 {} ms, max {} ms; readers {:.0}% of a core ({:.2} ms CPU per call-second), \
+         stubs {:.0}%; peak RSS {:.0} MiB (stub media held: {} MiB)",
+        crate::app::bench::build_kind(),
         lags.len(),
         at(0.5),
         at(0.99),
         lags.last().unwrap(),
-        crate::app::bench::build_kind()
+        core_share(cpu - stub_cpu),
+        (cpu - stub_cpu).as_secs_f64() * 1000.0 / (calls as u64 * seconds) as f64,
+        core_share(stub_cpu),
+        crate::app::bench::peak_rss_mib(),
+        media_bytes >> 20,
     );
+    assert_eq!(whole, calls, "every call heard in full");
+}
+
+/// This process's threads now: (id, name).
+fn threads() -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    tasks
+        .flatten()
+        .map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let id = task.file_name().to_string_lossy().into_owned();
+            (id, name.trim().to_string())
+        })
+        .collect()
+}
+
+/// The calling thread's id.
+fn thread_id() -> String {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// The CPU time of those of `threads` still running, from /proc.
+fn threads_cpu_time(threads: &[String]) -> Duration {
+    threads
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(format!("/proc/self/task/{id}/stat")).ok())
+        .map(|stat| cpu_of(&stat))
+        .sum()
 }
 
 /// Notes when each utterance is reported (epoch ms) and where it ends in the call.

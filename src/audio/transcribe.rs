@@ -9,14 +9,14 @@ use aws_sdk_transcribestreaming::Client;
 use aws_sdk_transcribestreaming::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_transcribestreaming::primitives::Blob;
 use aws_sdk_transcribestreaming::types::{
-    AudioEvent, AudioStream, LanguageCode, MediaEncoding, PartialResultsStability,
+    AudioEvent, AudioStream, ItemType, LanguageCode, MediaEncoding, PartialResultsStability,
     TranscriptResultStream,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::bytes::Bytes;
 
-use super::{AudioError, Heard, Recogniser, Session, TranscribeConfig};
+use super::{AudioError, Heard, Recogniser, Session, TranscribeConfig, Word};
 use crate::aws::sdk_error;
 
 /// Audio chunks queued for a session before its sender waits.
@@ -96,6 +96,21 @@ impl Recogniser for Transcribe {
 fn heard_of(result: &aws_sdk_transcribestreaming::types::Result) -> Option<Heard> {
     let best = result.alternatives().first()?;
     let text = best.transcript()?.trim().to_string();
+    let partial = result.is_partial();
+    let words = best
+        .items()
+        .iter()
+        .filter_map(|item| {
+            Some(Word {
+                text: item.content()?.to_string(),
+                start_secs: item.start_time(),
+                end_secs: item.end_time(),
+                punctuation: item.r#type() == Some(&ItemType::Punctuation),
+                // A final result's words are all settled.
+                stable: !partial || item.stable() == Some(true),
+            })
+        })
+        .collect();
     Some(Heard {
         channel: match result.channel_id() {
             Some("ch_1") => 1,
@@ -104,8 +119,9 @@ fn heard_of(result: &aws_sdk_transcribestreaming::types::Result) -> Option<Heard
         result_id: result.result_id().unwrap_or_default().to_string(),
         start_secs: result.start_time(),
         end_secs: result.end_time(),
-        partial: result.is_partial(),
+        partial,
         text,
+        words,
     })
 }
 

@@ -50,8 +50,8 @@ pub struct BenchSetup {
     /// CPU cores available.
     pub cores: usize,
     /// `release`, or `dev` (debug assertions on; the dev profile optimises only the
-    /// dependencies unless `CARGO_PROFILE_DEV_OPT_LEVEL` says otherwise).
-    pub build: &'static str,
+    /// dependencies unless `CARGO_PROFILE_DEV_OPT_LEVEL` says otherwise), with the opt-level.
+    pub build: String,
     /// Settings the bench changed, in words.
     pub overrides: Vec<String>,
 }
