@@ -18,7 +18,7 @@
 //!   continuation token in the same session; a session is fed silence while no audio comes
 //!   and renewed at a quiet moment before Transcribe's 4-hour limit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ use crate::events::{
     AudioCheckpoint, AudioEndReason, AudioEnded, AudioStreamFailed, Participant, UtteranceReceived,
 };
 use crate::metrics::metrics;
+
+mod session;
+use self::session::OpenSession;
 
 /// Audio sent this recently may hold speech the recogniser has not reported yet, not even
 /// as a partial result: a checkpoint stays this far behind what was sent, ms.
@@ -613,91 +616,6 @@ impl Pass {
             .values()
             .map(|start| session.call_millis(*start))
             .fold(sent.saturating_sub(COVER_MARGIN_MS), u64::min)
-    }
-}
-
-/// An open recognition session and how its audio maps onto the call's timeline.
-struct OpenSession {
-    /// `None` once the audio is closed (draining).
-    audio: Option<mpsc::Sender<Bytes>>,
-    heard: mpsc::Receiver<Result<Heard, AudioError>>,
-    opened_at: Instant,
-    last_sent: Instant,
-    /// Audio sent, ms of the session's time.
-    sent_millis: u64,
-    /// Where the call's timeline is expected to go on (the end of the last chunk).
-    expected_call_millis: Option<u64>,
-    /// Points where session time and call time line up again: (session ms, call ms), in
-    /// order. Keep-alive silence moves session time on, not call time.
-    timeline: Vec<(u64, u64)>,
-    /// Partial results not yet final: (channel, result id) → start, session seconds.
-    open_partials: HashMap<(usize, String), f64>,
-    /// Words of open results already recorded early: (channel, result id) → how many.
-    delivered: HashMap<(usize, String), usize>,
-}
-
-impl OpenSession {
-    fn new(session: super::Session) -> Self {
-        metrics().audio_streams_open.inc();
-        Self {
-            audio: Some(session.audio),
-            heard: session.heard,
-            opened_at: Instant::now(),
-            last_sent: Instant::now(),
-            sent_millis: 0,
-            expected_call_millis: None,
-            timeline: Vec::new(),
-            open_partials: HashMap::new(),
-            delivered: HashMap::new(),
-        }
-    }
-
-    /// Notes that the next `millis` of session audio are the call's from `call_millis`.
-    fn place(&mut self, call_millis: u64, millis: u64) {
-        if self.expected_call_millis != Some(call_millis) {
-            self.timeline.push((self.sent_millis, call_millis));
-        }
-        self.expected_call_millis = Some(call_millis + millis);
-        self.sent_millis += millis;
-    }
-
-    async fn send(&mut self, pcm: Bytes) -> Result<(), AudioError> {
-        let audio = self.audio.as_ref().ok_or_else(|| {
-            AudioError::Unavailable("audio sent to a closed recognition session".into())
-        })?;
-        audio.send(pcm).await.map_err(|_| {
-            AudioError::Unavailable("the recognition session stopped taking audio".into())
-        })?;
-        self.last_sent = Instant::now();
-        Ok(())
-    }
-
-    /// Sends a chunk of silence that is not the call's audio.
-    async fn keep_alive(&mut self, rate: u32, chunk_millis: u32) -> Result<(), AudioError> {
-        let frames = rate as usize * chunk_millis as usize / 1000;
-        self.sent_millis += u64::from(chunk_millis);
-        self.send(Bytes::from(vec![0u8; frames * super::mix::CHANNELS * 2]))
-            .await
-    }
-
-    /// A time of the session (seconds) on the call's timeline, ms.
-    fn call_millis(&self, session_secs: f64) -> u64 {
-        let at = (session_secs.max(0.0) * 1000.0).round() as u64;
-        let (session, call) = self
-            .timeline
-            .iter()
-            .rev()
-            .find(|(session, _)| *session <= at)
-            .or(self.timeline.first())
-            .copied()
-            .unwrap_or((0, 0));
-        call + at.saturating_sub(session)
-    }
-}
-
-impl Drop for OpenSession {
-    fn drop(&mut self) {
-        metrics().audio_streams_open.dec();
     }
 }
 
